@@ -1,0 +1,63 @@
+"""DCNv3 implementations behind one interface.
+
+    impls.names()                 -> registered implementation names
+    impls.get(name)(input, offset, mask, params)
+    impls.dcnv3(...)              -> drop-in for InternImage's DCNv3Function.apply
+"""
+
+from __future__ import annotations
+
+import torch
+
+from impls import grid_sample as _grid_sample  # noqa: F401  (registers)
+from impls import reference as _reference  # noqa: F401  (registers)
+from impls.params import DCNv3Params, validate
+from impls.registry import ENTRY_POINT_GROUP, Implementation, auto, baseline, get, names, register
+
+__all__ = [
+    "DCNv3Params",
+    "ENTRY_POINT_GROUP",
+    "Implementation",
+    "baseline",
+    "dcnv3",
+    "get",
+    "names",
+    "register",
+    "validate",
+]
+
+
+def dcnv3(
+    input: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    kernel_h: int,
+    kernel_w: int,
+    stride_h: int,
+    stride_w: int,
+    pad_h: int,
+    pad_w: int,
+    dilation_h: int,
+    dilation_w: int,
+    group: int,
+    group_channels: int,
+    offset_scale: float,
+    im2col_step: int,
+    remove_center: bool,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """InternImage's `DCNv3Function.apply(...)` argument order; im2col_step never changes the result.
+
+    impl="auto" picks the highest-priority implementation available on the
+    input's device for its dtype; any registered name forces that one.
+    """
+    params = DCNv3Params(
+        kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+        group, group_channels, offset_scale, remove_center,
+    )
+    if impl == "auto":
+        validate(input, offset, mask, params)
+        chosen = auto(input.device, input.dtype)
+    else:
+        chosen = get(impl)
+    return chosen(input, offset, mask, params)

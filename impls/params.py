@@ -1,0 +1,153 @@
+"""DCNv3's parameters and the contract's bad-input rules (../shared/DCNv3.md).
+
+Every check lives here so that all implementations reject the same inputs with
+the same message, before any of them does work.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, fields
+from typing import Iterable
+
+import torch
+
+
+@dataclass(frozen=True)
+class DCNv3Params:
+    """InternImage's DCNv3 parameters, in InternImage's names and order."""
+
+    kernel_h: int
+    kernel_w: int
+    stride_h: int
+    stride_w: int
+    pad_h: int
+    pad_w: int
+    dilation_h: int
+    dilation_w: int
+    group: int
+    group_channels: int
+    offset_scale: float = 1.0
+    remove_center: bool = False
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            if field.name in ("offset_scale", "remove_center"):
+                continue
+            value = getattr(self, field.name)
+            if isinstance(value, bool):
+                raise ValueError(f"{field.name} must be an integer, got {value!r}")
+            try:
+                value = operator.index(value)
+            except TypeError:
+                raise ValueError(f"{field.name} must be an integer, got {value!r}") from None
+            object.__setattr__(self, field.name, value)
+            floor = 0 if field.name.startswith("pad") else 1
+            if value < floor:
+                kind = "non-negative" if floor == 0 else "positive"
+                raise ValueError(f"{field.name} must be {kind}, got {value}")
+        try:
+            scale = float(self.offset_scale)
+        except (TypeError, ValueError):
+            raise ValueError(f"offset_scale must be a number, got {self.offset_scale!r}") from None
+        object.__setattr__(self, "offset_scale", scale)
+        object.__setattr__(self, "remove_center", bool(self.remove_center))
+        if self.remove_center and (
+            self.kernel_h != self.kernel_w or self.kernel_h % 2 == 0
+        ):
+            raise ValueError(
+                "remove_center needs a square odd kernel, got "
+                f"kernel_h={self.kernel_h}, kernel_w={self.kernel_w}"
+            )
+
+    @property
+    def points(self) -> int:
+        """P: sampling points per group and output pixel."""
+        return self.kernel_h * self.kernel_w - int(self.remove_center)
+
+    @property
+    def channels(self) -> int:
+        return self.group * self.group_channels
+
+    def kernel_points(self) -> list[tuple[int, int]]:
+        """(i, j) per point index p: x-major (i over kernel_w outer), centre skipped."""
+        centre = (self.kernel_w // 2, self.kernel_h // 2)
+        return [
+            (i, j)
+            for i in range(self.kernel_w)
+            for j in range(self.kernel_h)
+            if not (self.remove_center and (i, j) == centre)
+        ]
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """(Ho, Wo) for an input of height x width; ValueError when either is not positive."""
+        out_h = (height + 2 * self.pad_h - (self.dilation_h * (self.kernel_h - 1) + 1)) // self.stride_h + 1
+        out_w = (width + 2 * self.pad_w - (self.dilation_w * (self.kernel_w - 1) + 1)) // self.stride_w + 1
+        if out_h <= 0 or out_w <= 0:
+            raise ValueError(
+                f"input spatial size (H={height}, W={width}) gives an empty output "
+                f"(Ho={out_h}, Wo={out_w}) with kernel=({self.kernel_h}, {self.kernel_w}), "
+                f"pad=({self.pad_h}, {self.pad_w}), dilation=({self.dilation_h}, {self.dilation_w}), "
+                f"stride=({self.stride_h}, {self.stride_w})"
+            )
+        return out_h, out_w
+
+
+def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
+    return ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
+
+
+def validate(
+    input: torch.Tensor,
+    offset: torch.Tensor,
+    mask: torch.Tensor,
+    params: DCNv3Params,
+    dtypes: Iterable[torch.dtype] | None = None,
+    implementation: str = "",
+) -> tuple[int, int]:
+    """Check tensors against params per the contract; return (Ho, Wo)."""
+    if not isinstance(params, DCNv3Params):
+        raise ValueError(f"params must be a DCNv3Params, got {type(params).__name__}")
+    tensors = {"input": input, "offset": offset, "mask": mask}
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.dim() != 4:
+            raise ValueError(f"{name} must have rank 4 (N, H, W, C), got shape {tuple(tensor.shape)}")
+
+    for name in ("offset", "mask"):
+        tensor = tensors[name]
+        if tensor.device != input.device:
+            raise ValueError(f"{name} is on {tensor.device} but input is on {input.device}")
+        if tensor.dtype != input.dtype:
+            raise ValueError(f"{name} has dtype {tensor.dtype} but input has {input.dtype}")
+    if dtypes is not None and input.dtype not in dtypes:
+        who = f"{implementation} " if implementation else ""
+        raise ValueError(
+            f"input dtype {input.dtype} is not supported by {who}(supports {_dtype_names(dtypes)})"
+        )
+
+    batch, height, width, channels = input.shape
+    if channels != params.channels:
+        raise ValueError(
+            f"input channels C={channels} != group*group_channels = "
+            f"{params.group}*{params.group_channels} = {params.channels}"
+        )
+    out_h, out_w = params.output_size(height, width)
+    points = params.points
+    expected_last = {"offset": params.group * points * 2, "mask": params.group * points}
+    for name, last in expected_last.items():
+        tensor = tensors[name]
+        if tensor.shape[3] != last:
+            formula = "group*P*2" if name == "offset" else "group*P"
+            raise ValueError(
+                f"{name} last dimension is {tensor.shape[3]}, expected {formula} = {last} "
+                f"(group={params.group}, P={points})"
+            )
+        if tuple(tensor.shape[1:3]) != (out_h, out_w):
+            raise ValueError(
+                f"{name} spatial size is {tuple(tensor.shape[1:3])}, expected (Ho, Wo) = {(out_h, out_w)}"
+            )
+        if tensor.shape[0] != batch:
+            raise ValueError(f"{name} batch is {tensor.shape[0]}, input batch is {batch}")
+    return out_h, out_w

@@ -1,0 +1,176 @@
+"""Registry of DCNv3 implementations: a decorator for built-ins, entry points for plug-ins.
+
+An implementation is a plain function `fn(input, offset, mask, params) -> Tensor`
+that assumes validated arguments. `@register` wraps it into an `Implementation`
+that knows where it runs, validates once per call and is what the parity gate
+and the benchmark see. It knows nothing about parity, timing or reports.
+
+Plug-ins: a package declares, in its pyproject.toml,
+
+    [project.entry-points."dcnv3_harness.impls"]
+    my_kernel = "my_package.dcnv3_impl"
+
+and loading that object (usually a module whose import runs `@register`, or an
+`Implementation`) makes it appear in every test, gate and benchmark.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+
+from impls import devices
+from impls.params import DCNv3Params, validate
+
+ENTRY_POINT_GROUP = "dcnv3_harness.impls"
+
+FLOATING = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, DCNv3Params], torch.Tensor]
+# Extra availability condition beyond the device type: (device) -> reason or None.
+Requirement = Callable[[torch.device], "str | None"]
+
+
+@dataclass(frozen=True)
+class Implementation:
+    name: str
+    fn: Kernel = field(repr=False)
+    dtypes: frozenset
+    device_types: tuple[str, ...]
+    requires: Requirement | None = field(default=None, repr=False)
+    # "auto" picks the available implementation with the highest priority.
+    priority: int = 0
+    baseline: bool = False
+    description: str = ""
+
+    def unavailable_reason(self, device: torch.device | str) -> str | None:
+        """A sentence saying why this implementation cannot run on device, or None."""
+        device_type = devices.type_of(device)
+        if device_type not in self.device_types:
+            return f"{self.name} does not run on {device_type} (runs on {', '.join(self.device_types)})"
+        reason = devices.unavailable_reason(device_type)
+        if reason is None and self.requires is not None:
+            reason = self.requires(torch.device(device))
+        return reason
+
+    def available(self, device: torch.device | str) -> bool:
+        return self.unavailable_reason(device) is None
+
+    def supports(self, dtype: torch.dtype) -> bool:
+        return dtype in self.dtypes
+
+    def __call__(self, input, offset, mask, params: DCNv3Params) -> torch.Tensor:
+        validate(input, offset, mask, params, self.dtypes, self.name)
+        reason = self.unavailable_reason(input.device)
+        if reason is not None:
+            raise ValueError(f"input is on {input.device}, where {reason}")
+        return self.fn(input, offset, mask, params)
+
+
+_REGISTRY: dict[str, Implementation] = {}
+_plugins_loaded = False
+
+
+def register(
+    name: str,
+    *,
+    dtypes: Iterable[torch.dtype] = FLOATING,
+    device_types: Iterable[str] = devices.DEVICE_TYPES,
+    requires: Requirement | None = None,
+    priority: int = 0,
+    baseline: bool = False,
+) -> Callable[[Kernel], Implementation]:
+    """Decorator: register `fn(input, offset, mask, params)` as implementation `name`."""
+
+    def decorate(fn: Kernel) -> Implementation:
+        impl = Implementation(
+            name=name,
+            fn=fn,
+            dtypes=frozenset(dtypes),
+            device_types=tuple(device_types),
+            requires=requires,
+            priority=priority,
+            baseline=baseline,
+            description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
+        )
+        add(impl)
+        return impl
+
+    return decorate
+
+
+def add(impl: Implementation) -> None:
+    existing = _REGISTRY.get(impl.name)
+    if existing is not None and existing.fn is not impl.fn:
+        raise ValueError(f"an implementation named {impl.name!r} is already registered")
+    _REGISTRY[impl.name] = impl
+
+
+def remove(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def _broken_plugin(name: str, reason: str) -> Implementation:
+    def fail(*_args):
+        raise RuntimeError(reason)
+
+    return Implementation(
+        name=name,
+        fn=fail,
+        dtypes=frozenset(),
+        device_types=devices.DEVICE_TYPES,
+        requires=lambda _device: reason,
+    )
+
+
+def load_plugins(force: bool = False) -> None:
+    """Load the entry points of ENTRY_POINT_GROUP once (again with force).
+
+    A plug-in that fails to load is registered as unavailable everywhere, with
+    the error as its reason, so the gate shows it instead of hiding it.
+    """
+    global _plugins_loaded
+    if _plugins_loaded and not force:
+        return
+    _plugins_loaded = True
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = entry_point.load()
+        except Exception as error:
+            reason = f"plug-in {entry_point.value!r} failed to load: {type(error).__name__}: {error}"
+            add(_broken_plugin(entry_point.name, reason))
+            continue
+        if isinstance(loaded, Implementation):
+            add(loaded)
+
+
+def names() -> list[str]:
+    load_plugins()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> Implementation:
+    load_plugins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"no implementation named {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def baseline() -> Implementation:
+    load_plugins()
+    return next(impl for impl in _REGISTRY.values() if impl.baseline)
+
+
+def auto(device: torch.device, dtype: torch.dtype) -> Implementation:
+    """The highest-priority implementation available on device for dtype."""
+    load_plugins()
+    candidates = [
+        impl for impl in _REGISTRY.values() if impl.supports(dtype) and impl.available(device)
+    ]
+    if not candidates:
+        raise ValueError(f"input dtype {dtype} is not supported by any implementation available on {device}")
+    return max(candidates, key=lambda impl: impl.priority)

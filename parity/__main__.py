@@ -1,0 +1,5 @@
+import sys
+
+from parity.gate import main
+
+sys.exit(main())

@@ -1,0 +1,54 @@
+"""Run one implementation on one problem and compare it with the float64 reference."""
+
+from __future__ import annotations
+
+import torch
+
+from impls import Implementation, get
+from parity.problems import Problem
+
+QUANTITIES = ("output", "grad_input", "grad_offset", "grad_mask")
+
+
+def evaluate(impl: Implementation, problem: Problem, dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
+    """Output and the three gradients, as float64 CPU tensors.
+
+    grad_offset is left out unless the problem is smooth, and then kept only
+    where the problem says it is comparable: at integer coordinates it is
+    one-sided by definition and differs across position roundings.
+    """
+    input, offset, mask, grad_output = problem.tensors(dtype, device)
+    return _run(impl, (input, offset, mask), grad_output, problem)
+
+
+def expected(problem: Problem, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The reference on the same dtype-rounded inputs, computed and kept in float64."""
+    tensors = [t.to(torch.float64) for t in problem.tensors(dtype, "cpu")]
+    return _run(get("reference"), tensors[:3], tensors[3], problem)
+
+
+def _run(impl, leaves, grad_output, problem):
+    leaves = [t.detach().requires_grad_() for t in leaves]
+    output = impl(*leaves, problem.params)
+    grads = torch.autograd.grad(output, leaves, grad_output)
+    result = dict(zip(QUANTITIES, (output, *grads)))
+    if problem.smooth:
+        comparable = problem.offset_gradient_mask(leaves[1]).to(grads[1].device)
+        result["grad_offset"] = torch.where(comparable, grads[1], torch.zeros_like(grads[1]))
+    else:
+        del result["grad_offset"]
+    return {name: t.detach().to("cpu", torch.float64) for name, t in result.items()}
+
+
+def differences(actual: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """(max_abs_diff, max_abs_diff / max|reference|); NaN where the reference has NaN counts as equal."""
+    if actual.shape != reference.shape:
+        return float("inf"), float("inf")
+    if reference.numel() == 0:
+        return 0.0, 0.0
+    both_nan = torch.isnan(actual) & torch.isnan(reference)
+    diff = torch.where(both_nan, torch.zeros_like(actual), (actual - reference).abs())
+    diff = torch.nan_to_num(diff, nan=float("inf"))
+    max_abs = diff.max().item()
+    scale = torch.nan_to_num(reference.abs(), nan=0.0).max().item()
+    return max_abs, (max_abs / scale if scale > 0 else max_abs)

@@ -1,0 +1,193 @@
+"""The parity gate: a seeded sweep of the parity strategies against the reference.
+
+    python -m parity --device cpu [--impl NAME ...] [--dtype ...] [--examples K]
+                     [--seed S] [--out DIR] [--thresholds FILE]
+
+Writes DIR/parity.csv (one row per implementation, dtype, quantity and case)
+and DIR/parity.md, prints the worst case per implementation, dtype and
+quantity, and exits 1 when any row exceeds its threshold, 0 when all pass,
+2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hypothesis_seed
+
+import impls
+from impls import devices
+from parity.compare import differences, evaluate, expected
+from parity.problems import Problem
+from parity.regressions import REGRESSIONS
+from parity.strategies import problems
+from parity.thresholds import DEFAULT_PATH, Thresholds, dtype_name
+
+DTYPES = {dtype_name(d): d for d in (torch.float64, torch.float32, torch.float16, torch.bfloat16)}
+SUMMARY_KEYS = ["implementation", "device", "dtype", "quantity"]
+
+
+class UsageError(Exception):
+    """Bad command line: exit status 2."""
+
+
+def sweep(examples: int, seed: int) -> list[Problem]:
+    """The regression problems, then `examples` problems drawn by the parity strategies."""
+    drawn: list[Problem] = []
+
+    @settings(
+        max_examples=max(examples, 1),
+        database=None,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @hypothesis_seed(seed)
+    @given(problems())
+    def collect(problem):
+        drawn.append(problem)
+
+    if examples > 0:
+        collect()
+    return list(REGRESSIONS.values()) + drawn[:examples]
+
+
+def select_implementations(requested: list[str] | None, device: torch.device):
+    """(implementations to check, {name: reason} of those skipped)."""
+    known = impls.names()
+    names = requested or [n for n in known if n != "reference"]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"unknown implementation(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    if "reference" in names:
+        raise UsageError("reference is the ground truth; choose implementations to check against it")
+    chosen, skipped = [], {}
+    for name in names:
+        impl = impls.get(name)
+        reason = impl.unavailable_reason(device)
+        if reason is None:
+            chosen.append(impl)
+        elif requested:
+            raise UsageError(f"--impl {name}: {reason}")
+        else:
+            skipped[name] = reason
+    return chosen, skipped
+
+
+def run(implementations, dtypes, cases, device, thresholds: Thresholds, progress=None) -> pd.DataFrame:
+    rows = []
+    for index, problem in enumerate(cases):
+        for dtype in dtypes:
+            users = [impl for impl in implementations if impl.supports(dtype)]
+            if not users:
+                continue
+            truth = expected(problem, dtype)
+            for impl in users:
+                actual = evaluate(impl, problem, dtype, device)
+                for quantity, reference_value in truth.items():
+                    max_abs, max_rel = differences(actual[quantity], reference_value)
+                    limit = thresholds.get(impl.name, dtype, quantity)
+                    rows.append(
+                        {
+                            "implementation": impl.name,
+                            "device": device.type,
+                            "dtype": dtype_name(dtype),
+                            "quantity": quantity,
+                            "case": index,
+                            "max_abs_diff": max_abs,
+                            "max_rel_diff": max_rel,
+                            "threshold": limit,
+                            "pass": bool(max_abs <= limit),
+                            "problem": problem.label(),
+                            **problem.describe(),
+                        }
+                    )
+        if progress:
+            progress(index + 1, len(cases))
+    return pd.DataFrame(rows)
+
+
+def summarise(results: pd.DataFrame) -> pd.DataFrame:
+    """The worst case per implementation, device, dtype and quantity."""
+    worst = results.loc[results.groupby(SUMMARY_KEYS, sort=False)["max_abs_diff"].idxmax()]
+    summary = worst[SUMMARY_KEYS + ["max_abs_diff", "threshold", "problem"]].rename(
+        columns={"max_abs_diff": "worst_max_abs_diff", "problem": "worst_case"}
+    )
+    counts = results.groupby(SUMMARY_KEYS, sort=False).agg(cases=("pass", "size"), failed=("pass", lambda s: int((~s).sum())))
+    summary = summary.merge(counts.reset_index(), on=SUMMARY_KEYS)
+    summary["margin"] = summary["threshold"] / summary["worst_max_abs_diff"].where(summary["worst_max_abs_diff"] > 0)
+    summary["pass"] = summary["failed"] == 0
+    return summary[SUMMARY_KEYS + ["cases", "failed", "worst_max_abs_diff", "threshold", "margin", "pass", "worst_case"]]
+
+
+def markdown(summary: pd.DataFrame, skipped: dict[str, str], header: str) -> str:
+    table = summary.to_markdown(index=False, floatfmt=".2e")
+    lines = [header, "", table]
+    if skipped:
+        lines += ["", "Not run on this device:", ""] + [f"- {name}: {reason}" for name, reason in skipped.items()]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m parity", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, npu, or auto (best present; default)")
+    parser.add_argument("--impl", nargs="+", metavar="NAME", help="implementations to check (default: all available)")
+    parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), help="dtypes (default: all each implementation supports)")
+    parser.add_argument("--examples", type=int, default=200, help="drawn cases after the regression cases (default 200)")
+    parser.add_argument("--seed", type=int, default=0, help="hypothesis seed of the sweep (default 0)")
+    parser.add_argument("--out", type=Path, help="folder for parity.csv and parity.md")
+    parser.add_argument("--thresholds", type=Path, default=DEFAULT_PATH, help="thresholds TOML (default parity/thresholds.toml)")
+    args = parser.parse_args(argv)
+    if args.examples < 0:
+        parser.error("--examples must be >= 0")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        device = devices.resolve(args.device)
+        implementations, skipped = select_implementations(args.impl, device)
+        if not implementations:
+            raise UsageError(f"no implementation to check on {device}: " + "; ".join(skipped.values()))
+        thresholds = Thresholds.load(args.thresholds)
+    except (UsageError, ValueError, OSError) as error:
+        print(f"python -m parity: {error}", file=sys.stderr)
+        return 2
+
+    dtypes = [DTYPES[name] for name in args.dtype] if args.dtype else list(DTYPES.values())
+    cases = sweep(args.examples, args.seed)
+    started = time.perf_counter()
+
+    def progress(done, total):
+        print(f"\rparity on {device}: case {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    results = run(implementations, dtypes, cases, device, thresholds, progress if sys.stderr.isatty() else None)
+    if results.empty:
+        print(f"python -m parity: none of {', '.join(i.name for i in implementations)} supports "
+              f"{', '.join(dtype_name(d) for d in dtypes)}", file=sys.stderr)
+        return 2
+    summary = summarise(results)
+    elapsed = time.perf_counter() - started
+    failed = int((~results["pass"]).sum())
+    verdict = "PASS" if failed == 0 else f"FAIL: {failed} of {len(results)} rows over threshold"
+    header = (
+        f"# Parity against the float64 reference on {device}\n\n"
+        f"{len(cases)} cases ({len(REGRESSIONS)} regression, seed {args.seed}), "
+        f"torch {torch.__version__}, {elapsed:.1f} s. {verdict}."
+    )
+    report = markdown(summary, skipped, header)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(report)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        results.to_csv(args.out / "parity.csv", index=False)
+        (args.out / "parity.md").write_text(report)
+    return 0 if failed == 0 else 1

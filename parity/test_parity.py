@@ -1,0 +1,57 @@
+"""Every available implementation against the float64 reference: forward and all three gradients."""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, example, given, settings
+from torch.testing import assert_close
+
+from parity.compare import evaluate, expected
+from parity.regressions import REGRESSIONS
+from parity.strategies import problems
+from parity.thresholds import Thresholds
+
+THRESHOLDS = Thresholds.load()
+# impl, dtype and device are plain per-test values, not state to reset between examples.
+fixture_ok = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def with_regressions(test=None, *, smooth_only=False):
+    def decorate(test):
+        for problem in REGRESSIONS.values():
+            if problem.smooth or not smooth_only:
+                test = example(problem=problem)(test)
+        return test
+
+    return decorate(test) if test is not None else decorate
+
+
+def check(impl, dtype, device, problem, quantities):
+    actual = evaluate(impl, problem, dtype, device)
+    truth = expected(problem, dtype)
+    for quantity in quantities:
+        bound = THRESHOLDS.get(impl.name, dtype, quantity)
+        assert_close(
+            actual[quantity], truth[quantity], atol=bound, rtol=0,
+            msg=lambda m, q=quantity, b=bound: f"{impl.name} {q} over {b:g} on {problem.label()}\n{m}",
+        )
+
+
+@fixture_ok
+@given(problem=problems())
+@with_regressions
+def test_forward_matches_reference(impl, dtype, device, problem):
+    check(impl, dtype, device, problem, ["output"])
+
+
+@fixture_ok
+@given(problem=problems())
+@with_regressions
+def test_input_and_mask_gradients_match_reference(impl, dtype, device, problem):
+    check(impl, dtype, device, problem, ["grad_input", "grad_mask"])
+
+
+@fixture_ok
+@given(problem=problems(smooth=True))
+@with_regressions(smooth_only=True)
+def test_offset_gradient_matches_reference(impl, dtype, device, problem):
+    check(impl, dtype, device, problem, ["grad_offset"])

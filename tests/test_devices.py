@@ -1,0 +1,39 @@
+import pytest
+import torch
+
+from impls import devices
+
+
+def test_cpu_is_always_usable():
+    assert devices.unavailable_reason("cpu") is None
+    assert devices.resolve("cpu") == torch.device("cpu")
+    assert devices.best_device_type() in devices.DEVICE_TYPES
+
+
+def test_absent_npu_is_explained_without_breaking_torch():
+    reason = devices.unavailable_reason("npu")
+    if reason is None:
+        pytest.skip("an NPU is present here")
+    assert reason.startswith("no NPU: ")
+    with pytest.raises(ValueError, match="device 'npu' is not usable here: no NPU"):
+        devices.resolve("npu")
+    assert torch.zeros(1).sum().item() == 0
+
+
+def test_absent_cuda_is_explained():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present here")
+    assert devices.unavailable_reason("cuda") == "no CUDA device: torch.cuda.is_available() is False"
+
+
+def test_auto_resolves_to_the_best_present():
+    assert devices.resolve("auto").type == devices.best_device_type()
+
+
+def test_torch_npu_is_not_imported_by_the_harness():
+    import subprocess
+    import sys
+
+    code = "import impls, parity.gate, sys; print('torch_npu' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

@@ -1,0 +1,94 @@
+"""Each defect of the contract's "published code differs" list, carried by a
+mutant port, must fail parity on its regression problem; the fixed fallback
+must pass. This is what proves the gate can fail."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+import impls
+from impls import registry
+from impls.grid_sample import compute_dtype, dcnv3_grid_sample
+from parity import gate
+from parity.compare import differences, evaluate, expected
+from parity.regressions import REGRESSIONS
+from parity.thresholds import Thresholds
+
+
+def published_padding(input, offset, mask, params):
+    """F.pad(input, [0, 0, pad_h, pad_h, pad_w, pad_w]): width padded by pad_h, height by pad_w."""
+    swapped = dataclasses.replace(params, pad_h=params.pad_w, pad_w=params.pad_h)
+    return dcnv3_grid_sample(input, offset, mask, swapped, compute_dtype(input.dtype))
+
+
+def float32_positions(input, offset, mask, params):
+    return dcnv3_grid_sample(input, offset, mask, params, torch.float32)
+
+
+def offset_pair_swapped(input, offset, mask, params):
+    """A port written from a "(dy, dx)" formula reads the pair the wrong way round."""
+    pairs = offset.reshape(*offset.shape[:3], -1, 2).flip(-1)
+    return dcnv3_grid_sample(input, pairs.reshape(offset.shape), mask, params, compute_dtype(input.dtype))
+
+
+MUTANTS = {
+    "padding_order": (published_padding, torch.float32),
+    "float64_positions": (float32_positions, torch.float64),
+    "offset_pair_order": (offset_pair_swapped, torch.float32),
+}
+THRESHOLDS = Thresholds.load()
+
+
+@pytest.fixture
+def registered():
+    added = []
+
+    def add(name, fn):
+        impl = registry.register(name)(fn)
+        added.append(name)
+        return impl
+
+    yield add
+    for name in added:
+        registry.remove(name)
+
+
+def worst_excess(impl, problem, dtype):
+    truth = expected(problem, dtype)
+    actual = evaluate(impl, problem, dtype, "cpu")
+    return max(
+        differences(actual[q], truth[q])[0] / THRESHOLDS.get(impl.name, dtype, q) for q in truth
+    )
+
+
+@pytest.mark.parametrize("defect", list(MUTANTS))
+def test_mutant_port_fails_on_its_regression(defect, registered):
+    fn, dtype = MUTANTS[defect]
+    mutant = registered(f"mutant_{defect}", fn)
+    assert worst_excess(mutant, REGRESSIONS[defect], dtype) > 1.0
+
+
+@pytest.mark.parametrize("defect", list(MUTANTS))
+def test_fixed_fallback_passes_the_same_regression(defect):
+    _, dtype = MUTANTS[defect]
+    assert worst_excess(impls.get("grid_sample"), REGRESSIONS[defect], dtype) <= 1.0
+
+
+def test_gate_exits_nonzero_on_a_mutant(registered, tmp_path, capsys):
+    registered("mutant_offset_pair_order", offset_pair_swapped)
+    status = gate.main(["--device", "cpu", "--impl", "mutant_offset_pair_order", "--dtype", "float32",
+                        "--examples", "0", "--out", str(tmp_path)])
+    assert status == 1
+    assert "FAIL" in capsys.readouterr().out
+    assert (tmp_path / "parity.csv").read_text().count("False") > 0
+
+
+def test_no_implementation_uses_cuda_only_amp_decorators():
+    """Published defect 6: torch.cuda.amp.custom_fwd breaks off CUDA; torch.amp's form is portable."""
+    sources = Path(impls.__file__).parent.rglob("*.py")
+    offenders = [str(path) for path in sources if "torch.cuda.amp" in path.read_text()]
+    assert offenders == []
