@@ -10,6 +10,7 @@ default otherwise) and `thorough` (long sweeps, for nox -s parity-thorough).
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -36,6 +37,13 @@ def pytest_addoption(parser):
         "--impl", action="append", default=None, metavar="NAME",
         help="implementation to test (repeatable; default: every registered one)",
     )
+    group = parser.getgroup("dcnv3 benchmark", "bench/test_bench.py (see python -m bench)")
+    group.addoption("--bench-suite", default="quick", help="shape suite from bench/shapes.py (default quick)")
+    group.addoption("--bench-dtype", action="append", default=None, help="dtype to time (repeatable; default float32)")
+    group.addoption("--bench-mode", action="append", default=None, help="forward, backward, forward+backward (repeatable; default all)")
+    group.addoption("--bench-seconds", type=float, default=1.0, help="time budget per case, sets the rounds (default 1.0)")
+    group.addoption("--bench-min-rounds", type=int, default=5, help="fewest timed rounds per case (default 5)")
+    group.addoption("--bench-max-rounds", type=int, default=200, help="most timed rounds per case (default 200)")
 
 
 def selected_implementations(config) -> list[str]:
@@ -48,7 +56,10 @@ def selected_implementations(config) -> list[str]:
 
 
 def pytest_generate_tests(metafunc):
-    """`impl_dtype`: every (implementation under test, dtype it declares) pair; the reference is the yardstick."""
+    """`impl_dtype`: every (implementation under test, dtype it declares) pair; the reference is the yardstick.
+    `bench_case`: every (implementation, shape, mode, dtype) the benchmark options select."""
+    if "bench_case" in metafunc.fixturenames:
+        parametrize_benchmarks(metafunc)
     if "impl_dtype" in metafunc.fixturenames:
         pairs = [
             (name, dtype)
@@ -59,6 +70,47 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize(
             "impl_dtype", pairs, ids=[f"{n}-{str(d).removeprefix('torch.')}" for n, d in pairs]
         )
+
+
+def parametrize_benchmarks(metafunc):
+    from bench.cases import MODES
+    from bench.shapes import suite
+    from parity.thresholds import dtype_name
+
+    config = metafunc.config
+    dtypes = [getattr(torch, name) for name in config.getoption("--bench-dtype") or ["float32"]]
+    modes = config.getoption("--bench-mode") or list(MODES)
+    try:
+        shapes = suite(config.getoption("--bench-suite"))
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
+    cases = [
+        (impls.get(name), shape, mode, dtype)
+        for dtype in dtypes
+        for shape in shapes
+        for mode in modes
+        for name in selected_implementations(config)
+        if name != "reference" and impls.get(name).supports(dtype)
+    ]
+    ids = [f"{i.name}-{s.name}-{m}-{dtype_name(d)}" for i, s, m, d in cases]
+    metafunc.parametrize("bench_case", cases, ids=ids)
+
+
+@pytest.fixture(scope="session")
+def bench_settings(request):
+    option = request.config.getoption
+    return SimpleNamespace(
+        suite=option("--bench-suite"), seconds=option("--bench-seconds"),
+        min_rounds=option("--bench-min-rounds"), max_rounds=option("--bench-max-rounds"),
+    )
+
+
+@pytest.fixture
+def available_bench_case(bench_case, device):
+    reason = bench_case[0].unavailable_reason(device)
+    if reason is not None:
+        pytest.skip(reason)
+    return bench_case
 
 
 @pytest.fixture(scope="session")

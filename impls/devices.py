@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
+import re
+import time
 
 import torch
 
@@ -70,8 +73,132 @@ def resolve(spec: str) -> torch.device:
     return torch.device(spec)
 
 
+def _accelerator(device: torch.device):
+    """torch.cuda or torch.npu: the two share the event, memory and synchronise API."""
+    return {"cuda": torch.cuda, "npu": getattr(torch, "npu", None)}.get(device.type)
+
+
 def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "npu":
-        torch.npu.synchronize(device)
+    module = _accelerator(device)
+    if module is not None:
+        module.synchronize(device)
+
+
+class Clock:
+    """Elapsed milliseconds of one region: device events on cuda and npu, wall clock on cpu.
+
+    torch.utils.benchmark.Timer is not on the vendor's list of NPU-supported
+    APIs, so NPU timing uses torch.npu.Event like CUDA uses torch.cuda.Event.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._module = _accelerator(device)
+
+    def start(self) -> None:
+        if self._module is None:
+            self._began = time.perf_counter()
+        else:
+            self._began = self._module.Event(enable_timing=True)
+            self._began.record()
+
+    def stop(self) -> float:
+        if self._module is None:
+            return (time.perf_counter() - self._began) * 1e3
+        end = self._module.Event(enable_timing=True)
+        end.record()
+        end.synchronize()
+        return self._began.elapsed_time(end)
+
+
+# Larger than any current last-level cache (H200: 60 MB L2; 910B: 192 MB L2).
+FLUSH_BYTES = 512 * 2**20
+
+
+def cache_flusher(device: torch.device):
+    """A callable that evicts the device cache between timed repetitions (a no-op on cpu)."""
+    if device.type == "cpu":
+        return lambda: None
+    scratch = torch.empty(FLUSH_BYTES, dtype=torch.uint8, device=device)
+
+    def flush() -> None:
+        scratch.zero_()
+
+    return flush
+
+
+def _cpu_resident_bytes(field: str) -> int:
+    with open("/proc/self/status") as status:
+        match = re.search(rf"^{field}:\s+(\d+) kB", status.read(), re.MULTILINE)
+    return int(match.group(1)) * 1024
+
+
+class PeakMemory:
+    """Peak memory of a region: the allocator's peak on cuda and npu; on cpu the growth
+    of the process's peak resident set (Linux: /proc/self/clear_refs resets VmHWM)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._module = _accelerator(device)
+
+    def __enter__(self) -> "PeakMemory":
+        synchronize(self.device)
+        if self._module is not None:
+            self._module.reset_peak_memory_stats(self.device)
+            self._baseline = self._module.memory_allocated(self.device)
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as clear_refs:
+                    clear_refs.write("5")
+            except OSError:
+                pass  # VmHWM then stays the lifetime peak: growth shows only past it
+            self._baseline = _cpu_resident_bytes("VmRSS")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        synchronize(self.device)
+        if self._module is not None:
+            peak = self._module.max_memory_allocated(self.device)
+        else:
+            peak = _cpu_resident_bytes("VmHWM")
+        self.bytes = max(0, peak - self._baseline)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read(), re.MULTILINE)
+        if match:
+            return match.group(1).strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    module = _accelerator(device)
+    return cpu_model() if module is None else module.get_device_name(device)
+
+
+def versions() -> dict[str, str]:
+    """torch, and torch_npu and CANN where torch_npu imports."""
+    found = {"torch": torch.__version__}
+    if torch.version.cuda:
+        found["cuda"] = torch.version.cuda
+    if torch_npu_import_error() is None:
+        import torch_npu
+
+        found["torch_npu"] = getattr(torch_npu, "__version__", "unknown")
+        try:
+            found["cann"] = torch_npu.npu.utils.get_cann_version()
+        except Exception:
+            found["cann"] = getattr(torch.version, "cann", None) or "unknown"
+    return found
+
+
+def timing_warnings(device: torch.device) -> list[str]:
+    warnings = []
+    for variable in ("ASCEND_LAUNCH_BLOCKING", "CUDA_LAUNCH_BLOCKING"):
+        if os.environ.get(variable) == "1":
+            warnings.append(f"{variable}=1 serialises operator launches and distorts timings")
+    return warnings

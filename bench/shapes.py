@@ -1,0 +1,114 @@
+"""Benchmark shapes as data: InternImage stages, synthetic sweeps and a quick suite.
+
+InternImage (github.com/OpenGVLab/InternImage, classification and segmentation
+configs): stage s of 4 runs DCNv3 at H = W = input / 2**(s+2) with
+channels * 2**s channels in groups[s] groups; kernel 3, pad 1, stride 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from impls import DCNv3Params
+
+# model: (stem channels, groups per stage, offset_scale, classification size, segmentation crop)
+INTERNIMAGE = {
+    "T": (64, (4, 8, 16, 32), 1.0, 224, 512),
+    "S": (80, (5, 10, 20, 40), 1.0, 224, 512),
+    "B": (112, (7, 14, 28, 56), 1.0, 224, 512),
+    "L": (160, (10, 20, 40, 80), 2.0, 384, 640),
+    "XL": (192, (12, 24, 48, 96), 2.0, 384, 640),
+    "H": (320, (10, 20, 40, 80), 1.0, 640, 896),
+    "G": (512, (16, 32, 64, 128), 1.0, 512, 896),
+}
+CLASSIFICATION_BATCH = 1
+SEGMENTATION_BATCH = 2
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    batch: int
+    height: int
+    width: int
+    params: DCNv3Params
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return self.params.output_size(self.height, self.width)
+
+    def fields(self) -> dict:
+        """Flat columns for tidy rows."""
+        row = {"shape": self.name, "N": self.batch, "H": self.height, "W": self.width}
+        row.update(asdict(self.params))
+        return row
+
+
+def dcnv3_3x3(group: int, group_channels: int, offset_scale: float = 1.0, kernel: int = 3,
+              remove_center: bool = False) -> DCNv3Params:
+    pad = (kernel - 1) // 2
+    return DCNv3Params(kernel, kernel, 1, 1, pad, pad, 1, 1, group, group_channels, offset_scale, remove_center)
+
+
+def internimage(model: str, task: str, batch: int | None = None) -> list[Shape]:
+    channels, groups, offset_scale, cls_size, seg_size = INTERNIMAGE[model]
+    size = cls_size if task == "cls" else seg_size
+    batch = batch or (CLASSIFICATION_BATCH if task == "cls" else SEGMENTATION_BATCH)
+    shapes = []
+    for stage, group in enumerate(groups):
+        side = size // 2 ** (stage + 2)
+        stage_channels = channels * 2**stage
+        shapes.append(Shape(
+            name=f"{model}-{task}{size}-s{stage + 1}", batch=batch, height=side, width=side,
+            params=dcnv3_3x3(group, stage_channels // group, offset_scale),
+        ))
+    return shapes
+
+
+def _sweeps() -> dict[str, list[Shape]]:
+    t_stage1 = dict(group=4, group_channels=16)
+    return {
+        "sweep-resolution": [
+            Shape(f"res{side}", 1, side, side, dcnv3_3x3(**t_stage1)) for side in (14, 28, 56, 112, 224)
+        ],
+        "sweep-channels": [
+            Shape(f"D{d}", 1, 56, 56, dcnv3_3x3(4, d)) for d in (8, 16, 32, 64, 128)
+        ],
+        "sweep-groups": [
+            Shape(f"G{g}", 1, 56, 56, dcnv3_3x3(g, 256 // g)) for g in (1, 4, 8, 16, 32)
+        ],
+        "sweep-kernel": [
+            Shape(f"k{k}{'-rc' if rc else ''}", 1, 56, 56, dcnv3_3x3(4, 16, kernel=k, remove_center=rc))
+            for k in (3, 5) for rc in (False, True)
+        ],
+    }
+
+
+def _internimage_suites() -> dict[str, list[Shape]]:
+    suites = {}
+    for model in INTERNIMAGE:
+        key = model.lower()
+        suites[f"internimage-{key}-cls"] = internimage(model, "cls")
+        suites[f"internimage-{key}-seg"] = internimage(model, "seg")
+        suites[f"internimage-{key}"] = suites[f"internimage-{key}-cls"] + suites[f"internimage-{key}-seg"]
+    suites["internimage"] = [s for model in INTERNIMAGE for s in suites[f"internimage-{model.lower()}"]]
+    return suites
+
+
+SUITES: dict[str, list[Shape]] = {
+    # Small enough for CI's smoke run of the whole pipeline on 2 cores.
+    "quick": [
+        Shape("q14-G2D8", 1, 14, 14, dcnv3_3x3(2, 8)),
+        Shape("q20-G4D16", 1, 20, 20, dcnv3_3x3(4, 16)),
+        Shape("q24-G4D16-rc", 1, 24, 24, dcnv3_3x3(4, 16, remove_center=True)),
+    ],
+    **_internimage_suites(),
+    **_sweeps(),
+}
+
+
+def suite(name: str) -> list[Shape]:
+    try:
+        return SUITES[name]
+    except KeyError:
+        raise ValueError(f"unknown suite {name!r}; known: {', '.join(SUITES)}") from None

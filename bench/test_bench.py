@@ -1,0 +1,70 @@
+"""pytest-benchmark tests: implementation x shape x mode x dtype, device-synchronised.
+
+Run through `python -m bench` (which gates on parity first and writes the
+tidy CSV), or directly:
+
+    pytest bench --device cpu --bench-suite quick --benchmark-json out.json
+
+Each repetition is timed by impls.devices.Clock (CUDA / NPU events, CPU wall
+clock) after a cache flush; pytest-benchmark records the same repetitions with
+its own synchronised wall clock. p20/p50/p80 of the device clock, bytes moved,
+GB/s and peak memory go into each record's extra_info.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bench import traffic
+from bench.cases import runner
+from impls import devices
+from parity.thresholds import dtype_name
+
+WARMUP_ROUNDS = 3
+
+
+def test_dcnv3(benchmark, available_bench_case, device, bench_settings):
+    impl, shape, mode, dtype = available_bench_case
+    run = runner(impl, shape, mode, dtype, device)
+    clock = devices.Clock(device)
+    flush = devices.cache_flusher(device)
+
+    for _ in range(WARMUP_ROUNDS):
+        run()
+    clock.start()
+    run()
+    one_ms = max(clock.stop(), 1e-3)
+    rounds = int(np.clip(bench_settings.seconds * 1e3 / one_ms, bench_settings.min_rounds, bench_settings.max_rounds))
+
+    samples: list[float] = []
+
+    def timed():
+        clock.start()
+        run()
+        samples.append(clock.stop())
+
+    benchmark.group = f"{shape.name} {dtype_name(dtype)} {mode}"
+    benchmark.pedantic(timed, setup=flush, rounds=rounds, iterations=1, warmup_rounds=0)
+
+    with devices.PeakMemory(device) as peak:
+        run()
+
+    p20, p50, p80 = np.percentile(samples, [20, 50, 80])
+    moved = traffic.bytes_moved(shape, mode, dtype)
+    benchmark.extra_info.update(
+        implementation=impl.name,
+        baseline=impl.baseline,
+        device=device.type,
+        dtype=dtype_name(dtype),
+        mode=mode,
+        suite=bench_settings.suite,
+        **shape.fields(),
+        rounds=len(samples),
+        p20_ms=float(p20),
+        p50_ms=float(p50),
+        p80_ms=float(p80),
+        bytes_moved=moved,
+        gbps=moved / (p50 / 1e3) / 1e9,
+        peak_memory_bytes=peak.bytes,
+    )
+    assert len(samples) == rounds and all(s > 0 for s in samples)

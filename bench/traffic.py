@@ -1,0 +1,68 @@
+"""Bytes-moved model: the least traffic a DCNv3 kernel must do, per problem and mode.
+
+Each tensor is read or written once from device memory: forward reads input,
+offset and mask and writes output; backward reads grad_output, input, offset
+and mask and writes the three gradients. Achieved GB/s = these bytes / time.
+It is a lower bound on real traffic (bilinear corners re-read from cache are
+not counted), so a kernel near 100% is at the memory roofline.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.shapes import Shape
+from impls import devices
+
+# Peak DRAM bandwidth, bytes/s, by device-name substring. Elsewhere (and on
+# cpu) the fraction of peak is taken against the copy bandwidth measured in the
+# same run.
+KNOWN_PEAK_BANDWIDTH = {
+    "H200": 4.8e12,   # NVIDIA H200 datasheet: 4.8 TB/s HBM3e
+    "H100": 3.35e12,  # NVIDIA H100 SXM datasheet: 3.35 TB/s
+    "A100": 2.0e12,   # NVIDIA A100 80GB SXM datasheet: 2,039 GB/s
+    # Ascend 910B-class, HBM2e: the commonly quoted 1.6 TB/s; Huawei's own
+    # figure could not be checked here, and the measured copy bandwidth is
+    # reported beside it in every run.
+    "Ascend910B": 1.6e12,
+}
+
+
+def tensor_elements(shape: Shape) -> dict[str, int]:
+    p = shape.params
+    out_h, out_w = shape.output_size
+    pixels_out = shape.batch * out_h * out_w
+    return {
+        "input": shape.batch * shape.height * shape.width * p.channels,
+        "offset": pixels_out * p.group * p.points * 2,
+        "mask": pixels_out * p.group * p.points,
+        "output": pixels_out * p.channels,
+    }
+
+
+def bytes_moved(shape: Shape, mode: str, dtype: torch.dtype) -> int:
+    n = tensor_elements(shape)
+    operands = n["input"] + n["offset"] + n["mask"]
+    forward = operands + n["output"]
+    backward = n["output"] + 2 * operands  # read grad_output and operands, write their gradients
+    elements = {"forward": forward, "backward": backward, "forward+backward": forward + backward}[mode]
+    return elements * torch.empty((), dtype=dtype).element_size()
+
+
+def known_peak_bandwidth(device_name: str) -> float | None:
+    compact = device_name.replace(" ", "")
+    return next((peak for key, peak in KNOWN_PEAK_BANDWIDTH.items() if key in compact), None)
+
+
+def copy_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 10) -> float:
+    """Bytes/s of a large device-to-device copy (read + write), best of `repeats`."""
+    source = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32, device=device)
+    target = torch.empty_like(source)
+    clock = devices.Clock(device)
+    target.copy_(source)
+    best_ms = float("inf")
+    for _ in range(repeats):
+        clock.start()
+        target.copy_(source)
+        best_ms = min(best_ms, clock.stop())
+    return 2 * source.numel() * 4 / (best_ms / 1e3)

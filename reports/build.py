@@ -1,0 +1,281 @@
+"""Reports from benchmark runs: tables with pandas, charts with matplotlib (headless).
+
+    python -m reports DIR [DIR ...] [--compare OLD_DIR] [--compare-fail p50:5%]
+
+Reads only DIR/results.csv, DIR/parity.csv and DIR/environment.json, so a run
+made on an NPU host can be reported anywhere. Writes DIR/summary.md and
+DIR/speedup-<dtype>.png, latency-<dtype>.png, bandwidth-<dtype>.png.
+
+With --compare OLD_DIR the summary shows each row's change against the old run,
+and the command exits 1 when a row got slower than --compare-fail allows:
+`STAT:N%` (relative, e.g. p50:5%) or `STAT:X` (absolute, in ms), with STAT one
+of p20, p50 (or median), p80 - pytest-benchmark's --benchmark-compare-fail form.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from parity.gate import summarise  # noqa: E402
+
+MODES = ("forward", "backward", "forward+backward")
+ROW_KEYS = ["implementation", "device", "dtype", "mode", "shape"]
+
+
+def load(run: Path):
+    results = pd.read_csv(run / "results.csv")
+    parity = pd.read_csv(run / "parity.csv") if (run / "parity.csv").exists() else None
+    env = json.loads((run / "environment.json").read_text()) if (run / "environment.json").exists() else {}
+    return results, parity, env
+
+
+def implementations_in_order(results: pd.DataFrame) -> list[str]:
+    """Baseline first, then the others by name: the same colour for a name in every chart."""
+    baseline = results.loc[results["baseline"], "implementation"].unique().tolist()
+    return baseline + sorted(set(results["implementation"]) - set(baseline))
+
+
+def geometric_mean_speedups(results: pd.DataFrame) -> pd.DataFrame:
+    table = (
+        results.dropna(subset=["speedup"])
+        .groupby(["dtype", "implementation", "mode"])["speedup"]
+        .apply(lambda s: float(np.exp(np.log(s).mean())))
+        .unstack("mode")
+    )
+    return table[[m for m in MODES if m in table.columns]].reset_index()
+
+
+def speedup_tables(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Per dtype and mode: shapes down, implementations across, 'p50 ms (speedup x)' cells."""
+    order = implementations_in_order(results)
+    tables = []
+    for (dtype, mode), part in results.groupby(["dtype", "mode"], sort=False):
+        cells = part.assign(cell=[
+            f"{p50:.3g} ms ({speedup:.2f}x)" if pd.notna(speedup) else f"{p50:.3g} ms"
+            for p50, speedup in zip(part["p50_ms"], part["speedup"])
+        ])
+        table = cells.pivot(index="shape", columns="implementation", values="cell")
+        table = table.reindex(index=part["shape"].unique(), columns=[i for i in order if i in table.columns])
+        tables.append((f"{dtype}, {mode}", table.reset_index()))
+    return tables
+
+
+def parse_compare_fail(expression: str) -> tuple[str, float, bool]:
+    """'p50:5%' -> ('p50_ms', 0.05, True); 'median:0.2' -> ('p50_ms', 0.2, False)."""
+    match = re.fullmatch(r"(p20|p50|p80|median):([0-9.]+)(%?)", expression)
+    if not match:
+        raise ValueError(f"--compare-fail must look like p50:5% or p50:0.2 (ms), got {expression!r}")
+    stat = "p50" if match.group(1) == "median" else match.group(1)
+    relative = match.group(3) == "%"
+    amount = float(match.group(2)) / (100 if relative else 1)
+    return f"{stat}_ms", amount, relative
+
+
+def compare(new: pd.DataFrame, old: pd.DataFrame, expression: str) -> pd.DataFrame:
+    column, amount, relative = parse_compare_fail(expression)
+    joined = new[ROW_KEYS + [column]].merge(old[ROW_KEYS + [column]], on=ROW_KEYS, suffixes=("", "_old"))
+    joined["change"] = joined[column] / joined[f"{column}_old"] - 1
+    excess = joined["change"] if relative else joined[column] - joined[f"{column}_old"]
+    joined["regressed"] = excess > amount
+    return joined
+
+
+def _title(env: dict, results: pd.DataFrame, what: str, dtype: str) -> str:
+    device = f"{env.get('device_name', '?')} ({results['device'].iloc[0]})"
+    return f"DCNv3 {what}: {device}, {dtype}, suite {env.get('suite', results['suite'].iloc[0])}"
+
+
+def _mode_axes(modes, height=4.2):
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), height), squeeze=False)
+    return fig, axes[0]
+
+
+PLAIN = FuncFormatter(lambda value, _: f"{value:g}")
+
+
+def _plain_log_ticks(axis) -> None:
+    axis.set_major_formatter(PLAIN)
+    # Label the 2s and 5s between decades too: log axes over one decade otherwise show no number.
+    axis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "25" else ""))
+
+
+def _colours(order):
+    palette = plt.get_cmap("tab10")
+    return {name: palette(i % 10) for i, name in enumerate(order)}
+
+
+def speedup_chart(results: pd.DataFrame, env: dict, dtype: str, path: Path) -> None:
+    part = results[results["dtype"] == dtype]
+    order, modes = implementations_in_order(part), [m for m in MODES if m in set(part["mode"])]
+    colours = _colours(order)
+    shapes = part["shape"].unique()
+    fig, axes = _mode_axes(modes, height=4.2 + 0.06 * len(shapes))
+    width = 0.8 / len(order)
+    for ax, mode in zip(axes, modes):
+        rows = part[part["mode"] == mode].set_index(["shape", "implementation"])["speedup"]
+        x = np.arange(len(shapes))
+        for k, name in enumerate(order):
+            values = [rows.get((shape, name), np.nan) for shape in shapes]
+            ax.bar(x + (k - (len(order) - 1) / 2) * width, values, width, label=name, color=colours[name])
+        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+        ax.set_xticks(x, shapes, rotation=45, ha="right", fontsize=8)
+        ax.set_title(mode)
+        ax.set_ylabel("speedup vs baseline (x, higher is faster)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(_title(env, part, "speedup against the baseline", dtype))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def latency_chart(results: pd.DataFrame, env: dict, dtype: str, path: Path) -> None:
+    part = results[results["dtype"] == dtype]
+    order, modes = implementations_in_order(part), [m for m in MODES if m in set(part["mode"])]
+    colours = _colours(order)
+    fig, axes = _mode_axes(modes)
+    for ax, mode in zip(axes, modes):
+        for name in order:
+            rows = part[(part["mode"] == mode) & (part["implementation"] == name)].sort_values("bytes_moved")
+            if rows.empty:
+                continue
+            megabytes = rows["bytes_moved"] / 1e6
+            spread = [rows["p50_ms"] - rows["p20_ms"], rows["p80_ms"] - rows["p50_ms"]]
+            ax.errorbar(megabytes, rows["p50_ms"], yerr=spread, marker="o", capsize=3, label=name, color=colours[name])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _plain_log_ticks(ax.xaxis)
+        _plain_log_ticks(ax.yaxis)
+        ax.set_title(mode)
+        ax.set_xlabel("problem size: bytes moved (MB, log)")
+        ax.set_ylabel("latency p50 (ms, log; bars p20-p80)")
+        ax.grid(which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(_title(env, part, "latency against problem size", dtype))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def bandwidth_chart(results: pd.DataFrame, env: dict, dtype: str, path: Path) -> None:
+    part = results[results["dtype"] == dtype]
+    order, modes = implementations_in_order(part), [m for m in MODES if m in set(part["mode"])]
+    colours = _colours(order)
+    shapes = part["shape"].unique()
+    fig, axes = _mode_axes(modes, height=4.2 + 0.06 * len(shapes))
+    width = 0.8 / len(order)
+    copy_gbps = part["copy_gbps"].iloc[0]
+    peak_gbps = part["peak_gbps"].iloc[0]
+    for ax, mode in zip(axes, modes):
+        rows = part[part["mode"] == mode].set_index(["shape", "implementation"])["gbps"]
+        x = np.arange(len(shapes))
+        for k, name in enumerate(order):
+            values = [rows.get((shape, name), np.nan) for shape in shapes]
+            ax.bar(x + (k - (len(order) - 1) / 2) * width, values, width, label=name, color=colours[name])
+        ax.axhline(copy_gbps, color="black", linestyle="--", linewidth=1, label=f"measured copy {copy_gbps:.0f} GB/s")
+        if pd.notna(peak_gbps):
+            ax.axhline(peak_gbps, color="red", linestyle=":", linewidth=1, label=f"device peak {peak_gbps:.0f} GB/s")
+        ax.set_yscale("log")
+        _plain_log_ticks(ax.yaxis)
+        ax.set_xticks(x, shapes, rotation=45, ha="right", fontsize=8)
+        ax.set_title(mode)
+        ax.set_ylabel("achieved bandwidth (GB/s, log; bytes-moved model)")
+        ax.grid(axis="y", which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(_title(env, part, "achieved bandwidth against peak", dtype))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def environment_block(env: dict) -> list[str]:
+    versions = env.get("versions", {})
+    lines = [
+        "## Environment",
+        "",
+        f"- device: {env.get('device_name', '?')} ({env.get('device', '?')})",
+        f"- versions: {', '.join(f'{k} {v}' for k, v in versions.items()) or '?'}",
+        f"- torch_npu: {versions.get('torch_npu', 'not present')}; CANN: {versions.get('cann', 'not present')}",
+        f"- CPU: {env.get('cpu_model', '?')}, {env.get('threads', '?')} torch threads",
+        f"- copy bandwidth measured in this run: {env.get('copy_bandwidth_gbps', float('nan')):.1f} GB/s; "
+        f"known device peak: {_or_unknown(env.get('known_peak_bandwidth_gbps'), 'GB/s')}",
+        f"- command: `{env.get('command', '?')}` at {env.get('started', '?')}",
+    ]
+    lines += [f"- **warning: {warning}**" for warning in env.get("warnings", [])]
+    lines += [f"- not timed: {name}: {why}" for name, why in env.get("not_timed", {}).items()]
+    return lines + [""]
+
+
+def _or_unknown(value, unit):
+    return "unknown (fractions are of the measured copy bandwidth)" if value is None else f"{value:.0f} {unit}"
+
+
+def summary_markdown(results, parity, env, charts, comparison=None) -> str:
+    fmt = dict(index=False, floatfmt=".3g")
+    lines = [f"# DCNv3 benchmark: {env.get('device_name', '?')} ({env.get('device', '?')}), suite {env.get('suite', '?')}", ""]
+    lines += environment_block(env)
+    lines += ["## Geometric-mean speedup against the baseline (same run, p50)", "",
+              geometric_mean_speedups(results).to_markdown(**fmt), ""]
+    for title, table in speedup_tables(results):
+        lines += [f"## Latency p50 and speedup per shape: {title}", "", table.to_markdown(index=False), ""]
+    columns = ["implementation", "shape", "mode", "dtype", "p20_ms", "p50_ms", "p80_ms", "gbps",
+               "fraction_of_peak", "peak_memory_mb", "speedup"]
+    lines += ["## All rows", "", results[columns].to_markdown(**fmt), ""]
+    if parity is not None:
+        lines += ["## Parity against the float64 reference (before timing)", "",
+                  summarise(parity).drop(columns=["worst_case"]).to_markdown(index=False, floatfmt=".2e"), ""]
+    if comparison is not None:
+        lines += ["## Change against the earlier run", "", comparison.to_markdown(**fmt), ""]
+    lines += ["## Charts", ""] + [f"![{chart.stem}]({chart.name})" for chart in charts]
+    return "\n".join(lines) + "\n"
+
+
+def build(run: Path, old: Path | None, compare_fail: str) -> bool:
+    """Write run's summary and charts; False when the comparison finds a regression."""
+    results, parity, env = load(run)
+    charts = []
+    for dtype in results["dtype"].unique():
+        for name, draw in (("speedup", speedup_chart), ("latency", latency_chart), ("bandwidth", bandwidth_chart)):
+            path = run / f"{name}-{dtype}.png"
+            draw(results, env, dtype, path)
+            charts.append(path)
+    comparison = None
+    if old is not None:
+        comparison = compare(results, load(old)[0], compare_fail)
+    (run / "summary.md").write_text(summary_markdown(results, parity, env, charts, comparison))
+    print(f"wrote {run / 'summary.md'} and {len(charts)} charts")
+    if comparison is not None and comparison["regressed"].any():
+        worse = comparison[comparison["regressed"]]
+        print(f"{len(worse)} row(s) slower than {compare_fail} allows:\n{worse.to_markdown(index=False, floatfmt='.3g')}")
+        return False
+    return True
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reports", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, metavar="DIR", help="folders written by python -m bench")
+    parser.add_argument("--compare", type=Path, metavar="OLD_DIR", help="an earlier run to compare with")
+    parser.add_argument("--compare-fail", default="p50:10%", help="slowdown that fails the comparison (default p50:10%%)")
+    args = parser.parse_args(argv)
+    try:
+        parse_compare_fail(args.compare_fail)
+        for run in args.runs + ([args.compare] if args.compare else []):
+            if not (run / "results.csv").exists():
+                raise ValueError(f"{run} has no results.csv (run python -m bench --out {run} first)")
+    except ValueError as error:
+        print(f"python -m reports: {error}", file=sys.stderr)
+        return 2
+    ok = [build(run, args.compare, args.compare_fail) for run in args.runs]
+    return 0 if all(ok) else 1

@@ -1,0 +1,128 @@
+"""Smoke run of the main job on the quick suite: structure of every record, never a time."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from bench import traffic
+from bench.run import main as bench_main
+from bench.run import tidy_rows
+from bench.shapes import SUITES, Shape, dcnv3_3x3, internimage, suite
+from reports.build import main as reports_main
+from reports.build import parse_compare_fail
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    status = bench_main(["--device", "cpu", "--suite", "quick", "--mode", "forward", "forward+backward",
+                         "--seconds", "0.02", "--min-rounds", "3", "--parity-examples", "2", "--out", str(out)])
+    assert status == 0
+    return out
+
+
+def test_run_writes_the_raw_record_and_tidy_rows(quick_run):
+    record = json.loads((quick_run / "benchmark.json").read_text())
+    assert {"machine_info", "commit_info", "benchmarks"} <= set(record)
+    extra = [b["extra_info"] for b in record["benchmarks"]]
+    assert len(extra) == len(SUITES["quick"]) * 2
+    for info in extra:
+        assert info["rounds"] >= 3 and info["p20_ms"] <= info["p50_ms"] <= info["p80_ms"]
+        assert info["bytes_moved"] > 0 and info["gbps"] > 0 and info["peak_memory_bytes"] >= 0
+    rows = pd.read_csv(quick_run / "results.csv")
+    for column in ("implementation", "device", "dtype", "mode", "suite", "shape", "N", "H", "W", "group",
+                   "group_channels", "p20_ms", "p50_ms", "p80_ms", "gbps", "fraction_of_peak",
+                   "peak_memory_mb", "speedup"):
+        assert column in rows.columns, column
+    baseline = rows[rows["implementation"] == "grid_sample"]
+    assert len(baseline) == len(rows) and (baseline["speedup"] == 1.0).all()
+    assert set(rows["mode"]) == {"forward", "forward+backward"}
+    assert (quick_run / "parity.csv").exists() and (quick_run / "environment.json").exists()
+
+
+def test_report_numbers_match_the_csv_and_charts_exist(quick_run):
+    assert reports_main([str(quick_run)]) == 0
+    summary = (quick_run / "summary.md").read_text()
+    rows = pd.read_csv(quick_run / "results.csv")
+    for row in rows.itertuples():
+        assert f"{row.p50_ms:.3g} ms ({row.speedup:.2f}x)" in summary
+    for chart in ("speedup", "latency", "bandwidth"):
+        png = quick_run / f"{chart}-float32.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+        assert f"]({png.name})" in summary
+    assert "## Parity against the float64 reference" in summary and "copy bandwidth measured" in summary
+
+
+def test_compare_fails_on_a_slower_run(quick_run, tmp_path):
+    slower = tmp_path / "slower"
+    shutil.copytree(quick_run, slower)
+    rows = pd.read_csv(slower / "results.csv")
+    rows.loc[0, ["p20_ms", "p50_ms", "p80_ms"]] *= 1.5
+    rows.to_csv(slower / "results.csv", index=False)
+    assert reports_main([str(slower), "--compare", str(quick_run), "--compare-fail", "p50:20%"]) == 1
+    assert reports_main([str(quick_run), "--compare", str(quick_run), "--compare-fail", "p50:20%"]) == 0
+    assert "Change against the earlier run" in (quick_run / "summary.md").read_text()
+
+
+def test_compare_fail_expressions():
+    assert parse_compare_fail("p50:5%") == ("p50_ms", 0.05, True)
+    assert parse_compare_fail("median:0.2") == ("p50_ms", 0.2, False)
+    with pytest.raises(ValueError, match="--compare-fail must look like"):
+        parse_compare_fail("mean:5")
+
+
+def test_speedup_joins_on_the_same_case(tmp_path):
+    record = {"benchmarks": [
+        {"extra_info": {"implementation": name, "baseline": name == "grid_sample", "device": "cpu",
+                        "dtype": "float32", "mode": "forward", "suite": "s", "shape": shape, "p50_ms": p50,
+                        "gbps": 1.0, "peak_memory_bytes": 0}}
+        for name, shape, p50 in [("grid_sample", "a", 4.0), ("fast", "a", 1.0), ("grid_sample", "b", 9.0), ("fast", "b", 3.0)]
+    ]}
+    path = tmp_path / "benchmark.json"
+    path.write_text(json.dumps(record))
+    env = {"device_name": "x", "copy_bandwidth_gbps": 10.0, "known_peak_bandwidth_gbps": None}
+    rows = tidy_rows(path, env).set_index(["implementation", "shape"])
+    assert rows.loc[("fast", "a"), "speedup"] == 4.0 and rows.loc[("fast", "b"), "speedup"] == 3.0
+    assert rows.loc[("fast", "a"), "fraction_of_peak"] == pytest.approx(0.1)
+
+
+def test_bench_on_an_absent_npu_is_one_sentence():
+    result = subprocess.run([sys.executable, "-m", "bench", "--device", "npu", "--suite", "quick"],
+                            capture_output=True, text=True)
+    if "no NPU" not in result.stderr:
+        pytest.skip("an NPU is present here")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+
+
+def test_internimage_t_stage_shapes():
+    cls = internimage("T", "cls")
+    assert [(s.batch, s.height, s.params.channels, s.params.group) for s in cls] == [
+        (1, 56, 64, 4), (1, 28, 128, 8), (1, 14, 256, 16), (1, 7, 512, 32)]
+    seg = internimage("T", "seg")
+    assert [(s.batch, s.height) for s in seg] == [(2, 128), (2, 64), (2, 32), (2, 16)]
+    assert all(s.params.group_channels == 16 and s.params.kernel_h == 3 for s in cls + seg)
+    assert {s.params.group_channels for s in internimage("H", "seg") + internimage("G", "cls")} == {32}
+    assert {s.params.offset_scale for s in internimage("L", "cls")} == {2.0}
+    with pytest.raises(ValueError, match="unknown suite 'nope'"):
+        suite("nope")
+
+
+def test_bytes_moved_model_by_hand():
+    shape = Shape("s", batch=1, height=4, width=4, params=dcnv3_3x3(group=2, group_channels=3))
+    # input 4*4*6 = 96, offset 16*2*9*2 = 576, mask 16*18 = 288, output 96 (elements)
+    forward = 96 + 576 + 288 + 96
+    backward = 96 + 2 * (96 + 576 + 288)
+    assert traffic.bytes_moved(shape, "forward", torch.float32) == 4 * forward
+    assert traffic.bytes_moved(shape, "backward", torch.float16) == 2 * backward
+    assert traffic.bytes_moved(shape, "forward+backward", torch.float64) == 8 * (forward + backward)
+    assert traffic.known_peak_bandwidth("NVIDIA H200") == 4.8e12
+    assert traffic.known_peak_bandwidth("Ascend910B3") == 1.6e12
+    assert traffic.known_peak_bandwidth("Intel(R) Xeon(R)") is None
