@@ -133,9 +133,45 @@ def _cpu_resident_bytes(field: str) -> int:
     return int(match.group(1)) * 1024
 
 
+class _GlibcMmapThreshold:
+    """Makes glibc return large freed blocks to the OS while a peak is measured.
+
+    By default glibc raises its mmap threshold as blocks are freed (up to
+    32 MB) and then serves large tensors from a heap it never shrinks, so the
+    peak resident set barely moves once warm. With every block of 64 KB or more
+    mmapped, each tensor's pages come and go with it and VmHWM is the region's
+    true peak.
+    Afterwards the threshold is left at 32 MB, glibc's steady state after warm-up.
+    """
+
+    M_MMAP_THRESHOLD = -3
+    MEASURING, STEADY = 64 * 1024, 32 * 2**20
+
+    def __init__(self):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL("libc.so.6")
+            self._mallopt, self._malloc_trim = libc.mallopt, libc.malloc_trim
+        except (OSError, AttributeError):
+            self._mallopt = None  # not glibc: the resident-set growth is a lower bound
+
+    def measuring(self) -> None:
+        """Low threshold, and free heap pages handed back so that reusing them counts again."""
+        if self._mallopt is not None:
+            self._mallopt(self.M_MMAP_THRESHOLD, self.MEASURING)
+            self._malloc_trim(0)
+
+    def steady(self) -> None:
+        if self._mallopt is not None:
+            self._mallopt(self.M_MMAP_THRESHOLD, self.STEADY)
+
+
 class PeakMemory:
     """Peak memory of a region: the allocator's peak on cuda and npu; on cpu the growth
     of the process's peak resident set (Linux: /proc/self/clear_refs resets VmHWM)."""
+
+    _glibc = None
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -147,6 +183,8 @@ class PeakMemory:
             self._module.reset_peak_memory_stats(self.device)
             self._baseline = self._module.memory_allocated(self.device)
         else:
+            PeakMemory._glibc = PeakMemory._glibc or _GlibcMmapThreshold()
+            PeakMemory._glibc.measuring()
             try:
                 with open("/proc/self/clear_refs", "w") as clear_refs:
                     clear_refs.write("5")
@@ -161,6 +199,7 @@ class PeakMemory:
             peak = self._module.max_memory_allocated(self.device)
         else:
             peak = _cpu_resident_bytes("VmHWM")
+            PeakMemory._glibc.steady()
         self.bytes = max(0, peak - self._baseline)
 
 

@@ -37,3 +37,24 @@ def test_torch_npu_is_not_imported_by_the_harness():
     code = "import impls, parity.gate, sys; print('torch_npu' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_cpu_peak_memory_sees_each_region_even_when_memory_is_reused():
+    device = torch.device("cpu")
+    for _ in range(2):  # the second region reuses what the first freed
+        with devices.PeakMemory(device) as peak:
+            block = torch.ones(25_000_000)  # 100 MB
+            del block
+        assert 95e6 < peak.bytes < 140e6
+    with devices.PeakMemory(device) as small:
+        torch.ones(1000)
+    assert small.bytes < 5e6
+
+
+def test_cpu_clock_measures_milliseconds():
+    import time
+
+    clock = devices.Clock(torch.device("cpu"))
+    clock.start()
+    time.sleep(0.02)
+    assert 15 < clock.stop() < 500
