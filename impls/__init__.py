@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from impls import grid_sample as _grid_sample  # noqa: F401  (registers)
+from impls import optimized as _optimized  # noqa: F401  (registers)
 from impls import reference as _reference  # noqa: F401  (registers)
 from impls.params import DCNv3Params, validate
 from impls.registry import ENTRY_POINT_GROUP, Implementation, auto, baseline, get, names, register

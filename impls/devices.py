@@ -73,6 +73,21 @@ def resolve(spec: str) -> torch.device:
     return torch.device(spec)
 
 
+# glibc recycles freed blocks below its largest mmap threshold (32 MB) from the
+# heap; larger temporaries are mmapped and page-faulted in on every call.
+CPU_TEMPORARY_BUDGET = 24 * 2**20
+
+
+def temporary_budget_bytes(device: torch.device) -> int | None:
+    """How large one pass's big temporaries should be on device; None: no limit.
+
+    On CPU, implementations split the batch to stay under it (measured on the
+    InternImage-T segmentation shapes); accelerators' caching allocators reuse
+    blocks of any size, and fewer, larger launches pay there.
+    """
+    return CPU_TEMPORARY_BUDGET if device.type == "cpu" else None
+
+
 def _accelerator(device: torch.device):
     """torch.cuda or torch.npu: the two share the event, memory and synchronise API."""
     return {"cuda": torch.cuda, "npu": getattr(torch, "npu", None)}.get(device.type)

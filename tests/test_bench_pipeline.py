@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+import impls
 from bench import traffic
 from bench.run import main as bench_main
 from bench.run import tidy_rows
@@ -32,7 +33,9 @@ def test_run_writes_the_raw_record_and_tidy_rows(quick_run):
     record = json.loads((quick_run / "benchmark.json").read_text())
     assert {"machine_info", "commit_info", "benchmarks"} <= set(record)
     extra = [b["extra_info"] for b in record["benchmarks"]]
-    assert len(extra) == len(SUITES["quick"]) * 2
+    timed = [n for n in impls.names() if n != "reference" and impls.get(n).available("cpu")]
+    assert {info["implementation"] for info in extra} == set(timed)
+    assert len(extra) == len(timed) * len(SUITES["quick"]) * 2
     for info in extra:
         assert info["rounds"] >= 3 and info["p20_ms"] <= info["p50_ms"] <= info["p80_ms"]
         assert info["bytes_moved"] > 0 and info["gbps"] > 0 and info["peak_memory_bytes"] >= 0
@@ -42,7 +45,9 @@ def test_run_writes_the_raw_record_and_tidy_rows(quick_run):
                    "peak_memory_mb", "speedup"):
         assert column in rows.columns, column
     baseline = rows[rows["implementation"] == "grid_sample"]
-    assert len(baseline) == len(rows) and (baseline["speedup"] == 1.0).all()
+    assert len(baseline) == len(SUITES["quick"]) * 2 and (baseline["speedup"] == 1.0).all()
+    others = rows[rows["implementation"] != "grid_sample"]
+    assert (others["speedup"] == others["baseline_p50_ms"] / others["p50_ms"]).all()
     assert set(rows["mode"]) == {"forward", "forward+backward"}
     assert (quick_run / "parity.csv").exists() and (quick_run / "environment.json").exists()
 
