@@ -61,10 +61,13 @@ def pytest_generate_tests(metafunc):
     if "bench_case" in metafunc.fixturenames:
         parametrize_benchmarks(metafunc)
     if "impl_dtype" in metafunc.fixturenames:
+        # Tests marked `compiling` take the implementations that compile per shape
+        # (seconds each); the hypothesis property tests take all the others.
+        compiling = metafunc.definition.get_closest_marker("compiling") is not None
         pairs = [
             (name, dtype)
             for name in selected_implementations(metafunc.config)
-            if name != "reference"
+            if name != "reference" and impls.get(name).compiles_per_shape == compiling
             for dtype in sorted(impls.get(name).dtypes, key=str)
         ]
         metafunc.parametrize(

@@ -35,6 +35,8 @@ from parity.thresholds import Thresholds
 BENCH_TESTS = Path(__file__).with_name("test_bench.py")
 # Columns that identify one timed case across implementations (the speedup join).
 CASE_KEYS = ["device", "dtype", "mode", "suite", "shape"]
+# Drawn parity cases for implementations that compile per shape (seconds each).
+COMPILED_PARITY_EXAMPLES = 2
 
 
 def parse_args(argv):
@@ -76,7 +78,9 @@ def environment(device: torch.device, args) -> dict:
 
 def gate_implementations(implementations, dtypes, device, examples, out: Path):
     """Run parity; return (passing implementations, {failed name: summary line})."""
-    results = gate.run(implementations, dtypes, gate.sweep(examples, seed=0), device, Thresholds.load())
+    cases = gate.sweep(examples, seed=0)
+    results = gate.run(implementations, dtypes, cases, device, Thresholds.load(),
+                       compiled_cases=len(cases) - examples + COMPILED_PARITY_EXAMPLES)
     summary = gate.summarise(results)
     report = gate.markdown(summary, {}, f"# Parity before timing on {device}")
     results.to_csv(out / "parity.csv", index=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from impls import compiled as _compiled  # noqa: F401  (registers)
 from impls import grid_sample as _grid_sample  # noqa: F401  (registers)
 from impls import optimized as _optimized  # noqa: F401  (registers)
 from impls import reference as _reference  # noqa: F401  (registers)

@@ -8,9 +8,11 @@ break because of that.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import platform
 import re
+import shutil
 import time
 
 import torch
@@ -57,6 +59,32 @@ def unavailable_reason(device_type: str) -> str | None:
             return "no NPU: torch.npu.is_available() is False"
         return None
     return f"unknown device type {device_type!r} (known: {', '.join(DEVICE_TYPES)})"
+
+
+def compile_unavailable_reason(device: torch.device | str) -> str | None:
+    """Why torch.compile cannot build kernels for device here, or None."""
+    device_type = type_of(device)
+    if device_type == "cpu":
+        compilers = [os.environ.get("CXX", "g++"), "clang++"]
+        if not any(shutil.which(c) for c in compilers):
+            return f"torch.compile on cpu needs a C++ compiler (looked for {', '.join(compilers)})"
+        return None
+    if device_type == "cuda":
+        return None if importlib.util.find_spec("triton") else "torch.compile on cuda needs triton"
+    if device_type == "npu":
+        if importlib.util.find_spec("torchair") is None:
+            return "torch.compile on npu needs torchair (the vendor's compile backend), not installed"
+        return None
+    return f"torch.compile is not wired for {device_type}"
+
+
+def compile_backend(device: torch.device):
+    """torch.compile's backend for device: inductor, or torchair's NPU backend."""
+    if device.type != "npu":
+        return "inductor"
+    import torchair  # after torch_npu, which unavailable_reason("npu") has imported
+
+    return torchair.get_npu_backend(compiler_config=torchair.CompilerConfig())
 
 
 def best_device_type() -> str:

@@ -44,6 +44,9 @@ class Implementation:
     # "auto" picks the available implementation with the highest priority.
     priority: int = 0
     baseline: bool = False
+    # Compiles a kernel for every new shape (seconds each): parity runs it on
+    # the regression problems and a few drawn ones instead of a full sweep.
+    compiles_per_shape: bool = False
     description: str = ""
 
     def unavailable_reason(self, device: torch.device | str) -> str | None:
@@ -82,6 +85,7 @@ def register(
     requires: Requirement | None = None,
     priority: int = 0,
     baseline: bool = False,
+    compiles_per_shape: bool = False,
 ) -> Callable[[Kernel], Implementation]:
     """Decorator: register `fn(input, offset, mask, params)` as implementation `name`."""
 
@@ -94,6 +98,7 @@ def register(
             requires=requires,
             priority=priority,
             baseline=baseline,
+            compiles_per_shape=compiles_per_shape,
             description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
         )
         add(impl)

@@ -80,11 +80,18 @@ def select_implementations(requested: list[str] | None, device: torch.device):
     return chosen, skipped
 
 
-def run(implementations, dtypes, cases, device, thresholds: Thresholds, progress=None) -> pd.DataFrame:
+def run(implementations, dtypes, cases, device, thresholds: Thresholds, progress=None,
+        compiled_cases: int | None = None) -> pd.DataFrame:
+    """Rows for every implementation x dtype x case; implementations that compile per
+    shape take only the first `compiled_cases` cases (the regression ones come first)."""
     rows = []
     for index, problem in enumerate(cases):
         for dtype in dtypes:
-            users = [impl for impl in implementations if impl.supports(dtype)]
+            users = [
+                impl for impl in implementations
+                if impl.supports(dtype)
+                and not (impl.compiles_per_shape and compiled_cases is not None and index >= compiled_cases)
+            ]
             if not users:
                 continue
             truth = expected(problem, dtype)
@@ -140,6 +147,8 @@ def parse_args(argv):
     parser.add_argument("--impl", nargs="+", metavar="NAME", help="implementations to check (default: all available)")
     parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), help="dtypes (default: all each implementation supports)")
     parser.add_argument("--examples", type=int, default=200, help="drawn cases after the regression cases (default 200)")
+    parser.add_argument("--compiled-examples", type=int, default=2,
+                        help="drawn cases for implementations that compile per shape (default 2; seconds each)")
     parser.add_argument("--seed", type=int, default=0, help="hypothesis seed of the sweep (default 0)")
     parser.add_argument("--out", type=Path, help="folder for parity.csv and parity.md")
     parser.add_argument("--thresholds", type=Path, default=DEFAULT_PATH, help="thresholds TOML (default parity/thresholds.toml)")
@@ -168,7 +177,8 @@ def main(argv=None) -> int:
     def progress(done, total):
         print(f"\rparity on {device}: case {done}/{total}", end="", file=sys.stderr, flush=True)
 
-    results = run(implementations, dtypes, cases, device, thresholds, progress if sys.stderr.isatty() else None)
+    results = run(implementations, dtypes, cases, device, thresholds, progress if sys.stderr.isatty() else None,
+                  compiled_cases=len(REGRESSIONS) + args.compiled_examples)
     if results.empty:
         print(f"python -m parity: none of {', '.join(i.name for i in implementations)} supports "
               f"{', '.join(dtype_name(d) for d in dtypes)}", file=sys.stderr)

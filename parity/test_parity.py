@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from torch.testing import assert_close
 
@@ -55,3 +56,10 @@ def test_input_and_mask_gradients_match_reference(impl, dtype, device, problem):
 @with_regressions(smooth_only=True)
 def test_offset_gradient_matches_reference(impl, dtype, device, problem):
     check(impl, dtype, device, problem, ["grad_offset"])
+
+
+@pytest.mark.compiling
+@pytest.mark.parametrize("name", [name for name, problem in REGRESSIONS.items() if problem.smooth])
+def test_compiling_implementations_on_regressions(impl, dtype, device, name):
+    """Implementations that compile per shape (seconds each): every quantity on the smooth regression problems."""
+    check(impl, dtype, device, REGRESSIONS[name], ["output", "grad_input", "grad_offset", "grad_mask"])
