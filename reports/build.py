@@ -116,29 +116,38 @@ def _colours(order):
     return {name: palette(i % 10) for i, name in enumerate(order)}
 
 
-def speedup_chart(results: pd.DataFrame, env: dict, dtype: str, path: Path) -> None:
-    part = results[results["dtype"] == dtype]
+def _bars_per_shape(part: pd.DataFrame, column: str, env: dict, dtype: str, what: str, ylabel: str,
+                    path: Path, decorate) -> None:
+    """One panel per mode: a group of bars per shape, one bar per implementation."""
     order, modes = implementations_in_order(part), [m for m in MODES if m in set(part["mode"])]
     colours = _colours(order)
     shapes = part["shape"].unique()
     fig, axes = _mode_axes(modes, height=4.2 + 0.06 * len(shapes))
     width = 0.8 / len(order)
     for ax, mode in zip(axes, modes):
-        rows = part[part["mode"] == mode].set_index(["shape", "implementation"])["speedup"]
+        rows = part[part["mode"] == mode].set_index(["shape", "implementation"])[column]
         x = np.arange(len(shapes))
         for k, name in enumerate(order):
             values = [rows.get((shape, name), np.nan) for shape in shapes]
             ax.bar(x + (k - (len(order) - 1) / 2) * width, values, width, label=name, color=colours[name])
-        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+        decorate(ax)
         ax.set_xticks(x, shapes, rotation=45, ha="right", fontsize=8)
         ax.set_title(mode)
-        ax.set_ylabel("speedup vs baseline (x, higher is faster)")
-        ax.grid(axis="y", alpha=0.3)
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(_title(env, part, "speedup against the baseline", dtype))
+    fig.suptitle(_title(env, part, what, dtype))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def speedup_chart(results: pd.DataFrame, env: dict, dtype: str, path: Path) -> None:
+    def baseline_line(ax):
+        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+
+    _bars_per_shape(results[results["dtype"] == dtype], "speedup", env, dtype, "speedup against the baseline",
+                    "speedup vs baseline (x, higher is faster)", path, baseline_line)
 
 
 def latency_chart(results: pd.DataFrame, env: dict, dtype: str, path: Path) -> None:
@@ -171,33 +180,17 @@ def latency_chart(results: pd.DataFrame, env: dict, dtype: str, path: Path) -> N
 
 def bandwidth_chart(results: pd.DataFrame, env: dict, dtype: str, path: Path) -> None:
     part = results[results["dtype"] == dtype]
-    order, modes = implementations_in_order(part), [m for m in MODES if m in set(part["mode"])]
-    colours = _colours(order)
-    shapes = part["shape"].unique()
-    fig, axes = _mode_axes(modes, height=4.2 + 0.06 * len(shapes))
-    width = 0.8 / len(order)
-    copy_gbps = part["copy_gbps"].iloc[0]
-    peak_gbps = part["peak_gbps"].iloc[0]
-    for ax, mode in zip(axes, modes):
-        rows = part[part["mode"] == mode].set_index(["shape", "implementation"])["gbps"]
-        x = np.arange(len(shapes))
-        for k, name in enumerate(order):
-            values = [rows.get((shape, name), np.nan) for shape in shapes]
-            ax.bar(x + (k - (len(order) - 1) / 2) * width, values, width, label=name, color=colours[name])
+    copy_gbps, peak_gbps = part["copy_gbps"].iloc[0], part["peak_gbps"].iloc[0]
+
+    def reference_lines(ax):
         ax.axhline(copy_gbps, color="black", linestyle="--", linewidth=1, label=f"measured copy {copy_gbps:.0f} GB/s")
         if pd.notna(peak_gbps):
             ax.axhline(peak_gbps, color="red", linestyle=":", linewidth=1, label=f"device peak {peak_gbps:.0f} GB/s")
         ax.set_yscale("log")
         _plain_log_ticks(ax.yaxis)
-        ax.set_xticks(x, shapes, rotation=45, ha="right", fontsize=8)
-        ax.set_title(mode)
-        ax.set_ylabel("achieved bandwidth (GB/s, log; bytes-moved model)")
-        ax.grid(axis="y", which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(_title(env, part, "achieved bandwidth against peak", dtype))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+    _bars_per_shape(part, "gbps", env, dtype, "achieved bandwidth against peak",
+                    "achieved bandwidth (GB/s, log; bytes-moved model)", path, reference_lines)
 
 
 def environment_block(env: dict) -> list[str]:
