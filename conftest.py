@@ -44,6 +44,7 @@ def pytest_addoption(parser):
     group.addoption("--bench-seconds", type=float, default=1.0, help="time budget per case, sets the rounds (default 1.0)")
     group.addoption("--bench-min-rounds", type=int, default=5, help="fewest timed rounds per case (default 5)")
     group.addoption("--bench-max-rounds", type=int, default=200, help="most timed rounds per case (default 200)")
+    group.addoption("--bench-threads", type=int, default=0, help="torch CPU threads (default: torch's own choice)")
 
 
 def selected_implementations(config) -> list[str]:
@@ -102,6 +103,8 @@ def parametrize_benchmarks(metafunc):
 @pytest.fixture(scope="session")
 def bench_settings(request):
     option = request.config.getoption
+    if option("--bench-threads"):
+        torch.set_num_threads(option("--bench-threads"))
     return SimpleNamespace(
         suite=option("--bench-suite"), seconds=option("--bench-seconds"),
         min_rounds=option("--bench-min-rounds"), max_rounds=option("--bench-max-rounds"),

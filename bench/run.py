@@ -50,6 +50,7 @@ def parse_args(argv):
     parser.add_argument("--out", type=Path, help="output folder (default reports/<device>-<timestamp>)")
     parser.add_argument("--seconds", type=float, default=1.0, help="time budget per case; sets the rounds (default 1.0)")
     parser.add_argument("--min-rounds", type=int, default=5, help="fewest timed rounds per case (default 5)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads for the timed run (default: torch's choice)")
     parser.add_argument("--parity-examples", type=int, default=30, help="drawn parity cases before timing (default 30)")
     return parser.parse_args(argv)
 
@@ -65,7 +66,7 @@ def environment(device: torch.device, args) -> dict:
         "device_name": name,
         "versions": devices.versions(),
         "cpu_model": devices.cpu_model(),
-        "threads": torch.get_num_threads(),
+        "threads": args.threads or torch.get_num_threads(),
         "python": platform.python_version(),
         "copy_bandwidth_gbps": traffic.copy_bandwidth(device) / 1e9,
         "known_peak_bandwidth_gbps": _gbps(traffic.known_peak_bandwidth(name)),
@@ -149,6 +150,7 @@ def main(argv=None) -> int:
         "--rootdir", str(BENCH_TESTS.parent.parent),
         "--device", str(device), "--bench-suite", args.suite,
         "--bench-seconds", str(args.seconds), "--bench-min-rounds", str(args.min_rounds),
+        "--bench-threads", str(args.threads),
         f"--benchmark-json={out / 'benchmark.json'}", "--benchmark-columns=min,median,max,rounds",
         "--benchmark-sort=name",
     ]

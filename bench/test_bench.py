@@ -14,6 +14,7 @@ GB/s and peak memory go into each record's extra_info.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from bench import traffic
 from bench.cases import runner
@@ -68,6 +69,7 @@ def test_dcnv3(benchmark, available_bench_case, device, bench_settings):
         mode=mode,
         suite=bench_settings.suite,
         **shape.fields(),
+        threads=torch.get_num_threads(),
         rounds=len(samples),
         first_call_ms=first_call_ms,
         p20_ms=float(p20),

@@ -13,7 +13,7 @@ from parity.problems import OFFSET_KINDS, Problem, loop_count, minimum_extent
 
 # N*Ho*Wo*G*P of the reference's loops; ~2500 is ~40 ms forward, ~120 ms backward.
 LOOP_BUDGET = 2500
-GROUP_CHANNELS = (1, 2, 3, 4, 8, 16, 71)
+GROUP_CHANNELS = (1, 2, 3, 4, 8, 16, 32, 64, 71)
 
 
 @st.composite

@@ -1,0 +1,107 @@
+"""Native CPU kernel: C++ forward and backward, registered as torch.library operators.
+
+Built with torch.utils.cpp_extension into a cache directory, just in time on
+first use or ahead of time with `python -m impls.cpu_kernel`. A failed build
+makes this implementation unavailable with the compiler's message as the
+reason; it never breaks the other implementations or test collection.
+
+The C++ file defines `dcnv3_harness::dcnv3_forward` and `dcnv3_backward`;
+autograd and fake-tensor (meta) kernels are registered here, so autograd,
+torch.compile and torch.library.opcheck all see one ordinary operator.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from impls.params import DCNv3Params
+from impls.registry import register
+
+SOURCE = Path(__file__).with_name("dcnv3_cpu.cpp")
+NAME = "dcnv3_harness_cpu"
+
+
+def build_directory() -> Path:
+    """DCNV3_BUILD_DIR, else a per-torch, per-machine folder under ~/.cache (builds are -march=native)."""
+    configured = os.environ.get("DCNV3_BUILD_DIR")
+    if configured:
+        return Path(configured)
+    version = torch.__version__.replace("+", "_")
+    return Path.home() / ".cache" / "dcnv3-harness" / f"torch-{version}-{platform.machine()}"
+
+
+def _native_flags() -> list[str]:
+    # aarch64 GCC spells "tune for this CPU" -mcpu=native.
+    return ["-mcpu=native"] if platform.machine() in ("aarch64", "arm64") else ["-march=native"]
+
+
+@functools.lru_cache(maxsize=None)
+def build_error() -> str | None:
+    """Build (or reuse) and load the extension once per process; the reason it failed, or None."""
+    from torch.utils import cpp_extension
+
+    directory = build_directory()
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        cpp_extension.load(
+            name=NAME,
+            sources=[str(SOURCE)],
+            build_directory=str(directory),
+            extra_cflags=["-O3", "-fopenmp", *_native_flags()],
+            extra_ldflags=["-fopenmp"],
+            is_python_module=False,
+            verbose=False,
+        )
+    except Exception as error:  # a compiler error, a missing compiler, a loader error
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        detail = next((line for line in lines if "error" in line.lower()), lines[0] if lines else repr(error))
+        return f"the C++ kernel did not build in {directory}: {detail.strip()}"
+    _register_autograd_and_fake()
+    return None
+
+
+def _scalars(params: DCNv3Params):
+    return (
+        params.kernel_h, params.kernel_w, params.stride_h, params.stride_w, params.pad_h, params.pad_w,
+        params.dilation_h, params.dilation_w, params.group, params.group_channels,
+        params.offset_scale, params.remove_center,
+    )
+
+
+def _register_autograd_and_fake() -> None:
+    forward = "dcnv3_harness::dcnv3_forward"
+
+    @torch.library.register_fake(forward)
+    def _(input, offset, mask, *scalars):
+        return input.new_empty(*offset.shape[:3], input.shape[3])
+
+    @torch.library.register_fake("dcnv3_harness::dcnv3_backward")
+    def _(grad_output, input, offset, mask, *scalars):
+        return torch.empty_like(input), torch.empty_like(offset), torch.empty_like(mask)
+
+    def setup_context(ctx, inputs, output):
+        input, offset, mask, *scalars = inputs
+        ctx.save_for_backward(input, offset, mask)
+        ctx.scalars = scalars
+
+    def backward(ctx, grad_output):
+        input, offset, mask = ctx.saved_tensors
+        grads = torch.ops.dcnv3_harness.dcnv3_backward(grad_output, input, offset, mask, *ctx.scalars)
+        return (*grads, *([None] * len(ctx.scalars)))
+
+    torch.library.register_autograd(forward, backward, setup_context=setup_context)
+
+
+def _requires(device: torch.device) -> str | None:
+    return build_error()
+
+
+@register("cpu_kernel", device_types=("cpu",), requires=_requires, priority=20)
+def cpu_kernel(input, offset, mask, params):
+    """Native C++ kernel: channels-last, at::parallel_for, race-free backward, float accumulation."""
+    return torch.ops.dcnv3_harness.dcnv3_forward(input, offset, mask, *_scalars(params))

@@ -1,0 +1,75 @@
+"""The native CPU kernel as a torch.library operator: opcheck, gradcheck, compile, reproducibility, build failures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import impls
+from impls import cpu_kernel
+from parity.regressions import REGRESSIONS
+
+kernel = impls.get("cpu_kernel")
+pytestmark = pytest.mark.skipif(
+    not kernel.available("cpu"), reason=f"cpu_kernel unavailable: {kernel.unavailable_reason('cpu')}"
+)
+
+
+def operands(name, dtype, requires_grad=True):
+    problem = REGRESSIONS[name]
+    input, offset, mask, grad_output = problem.tensors(dtype)
+    if requires_grad:
+        for tensor in (input, offset, mask):
+            tensor.requires_grad_()
+    return problem.params, (input, offset, mask), grad_output
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", ["padding_order", "colliding_input_gradient", "declared_dtypes_nonsquare"])
+def test_opcheck(name, dtype):
+    params, tensors, _ = operands(name, dtype)
+    args = (*tensors, *cpu_kernel._scalars(params))
+    torch.library.opcheck(torch.ops.dcnv3_harness.dcnv3_forward.default, args)
+
+
+@pytest.mark.parametrize("name", ["padding_order", "offset_pair_order", "colliding_input_gradient"])
+def test_gradcheck_in_float64(name):
+    params, tensors, _ = operands(name, torch.float64)
+    assert torch.autograd.gradcheck(lambda *xs: kernel(*xs, params), tensors, eps=1e-6, atol=1e-5)
+
+
+def test_compiles_as_one_operator():
+    params, tensors, grad_output = operands("offset_pair_order", torch.float32)
+    compiled = torch.compile(lambda *xs: kernel.fn(*xs, params), backend="aot_eager", fullgraph=True)
+    got = torch.autograd.grad(compiled(*tensors), tensors, grad_output)
+    want = torch.autograd.grad(kernel(*tensors, params), tensors, grad_output)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_input_gradient_is_bitwise_reproducible():
+    """Backward runs one task per (image, group): no two threads add into one element."""
+    params, tensors, grad_output = operands("colliding_input_gradient", torch.float32)
+    first = torch.autograd.grad(kernel(*tensors, params), tensors[0], grad_output)[0]
+    for _ in range(3):
+        again = torch.autograd.grad(kernel(*tensors, params), tensors[0], grad_output)[0]
+        assert torch.equal(first, again)
+
+
+def test_reduced_precision_accumulates_in_float():
+    params, tensors, _ = operands("colliding_input_gradient", torch.bfloat16, requires_grad=False)
+    output = kernel(*tensors, params)
+    exact = kernel(*(t.float() for t in tensors), params)
+    assert output.dtype == torch.bfloat16
+    torch.testing.assert_close(output.float(), exact, rtol=2**-8, atol=1e-6)
+
+
+def test_a_failed_build_reports_the_compiler_error(tmp_path, monkeypatch):
+    broken = tmp_path / "broken.cpp"
+    broken.write_text("this is not C++;\n")
+    monkeypatch.setattr(cpu_kernel, "SOURCE", broken)
+    monkeypatch.setattr(cpu_kernel, "NAME", "dcnv3_harness_cpu_broken")
+    monkeypatch.setenv("DCNV3_BUILD_DIR", str(tmp_path / "build"))
+    reason = cpu_kernel.build_error.__wrapped__()
+    assert reason.startswith("the C++ kernel did not build in") and "error" in reason.lower()
+    assert impls.get("grid_sample").available("cpu")
