@@ -13,10 +13,14 @@ the InternImage-T shapes, CPU float32; see the resolution of issue 4):
   runs along contiguous Ho*Wo (`addcmul_` per point into one accumulator)
   instead of a `[N*G, D, Ho*Wo, P]` product summed over an inner dimension of
   P = 9;
+- one image at a time, grid_sample reads a strided view of the channels-last
+  input instead of a transposed copy; on CPU the batch is split so that each
+  pass's temporaries stay below glibc's 32 MB mmap ceiling (recycled from the
+  heap instead of page-faulted in on every call);
 - a custom autograd.Function: the backward forms grad of the sampled tensor in
-  one broadcast multiply, calls grid_sampler_2d_backward once, and reduces the
-  mask gradient point by point, where autograd through the forward would build
-  a full-size zero tensor for every point's slice.
+  one broadcast multiply, calls grid_sampler_2d_backward once per chunk, and
+  reduces the mask gradient point by point, where autograd through the forward
+  would build a full-size zero tensor for every point's slice.
 
 One code path for cpu, cuda and npu. float16 and bfloat16 compute in float32
 and cast back, as the contract asks.
@@ -66,7 +70,7 @@ def _sampling_grid(offset, params: DCNv3Params, height, width, dtype):
     return grid.view(batch * group, points, out_h * out_w, 2), scale
 
 
-def transpose_matrices(matrices: torch.Tensor) -> torch.Tensor:
+def _transposed(matrices: torch.Tensor) -> torch.Tensor:
     """[B, M, K] -> contiguous [B, K, M]: the NHWC <-> NCHW moves."""
     return matrices.transpose(1, 2).contiguous()
 
@@ -85,7 +89,7 @@ def _grouped(input, params: DCNv3Params):
 def _mask_by_point(mask, params: DCNv3Params):
     """[N, Ho, Wo, G*P] -> [N, G, P, Ho*Wo], contiguous: multiplies with a strided mask ran 3.5x slower."""
     batch, out_h, out_w, _ = mask.shape
-    return transpose_matrices(mask.reshape(batch, out_h * out_w, -1)).view(
+    return _transposed(mask.reshape(batch, out_h * out_w, -1)).view(
         batch, params.group, params.points, out_h * out_w
     )
 
@@ -93,7 +97,7 @@ def _mask_by_point(mask, params: DCNv3Params):
 def _channels_last(planes, height, width):
     """[N, ..., H*W] -> [N, H, W, C]: the inverse move, for outputs and gradients."""
     batch = planes.shape[0]
-    return transpose_matrices(planes.reshape(batch, -1, height * width)).view(batch, height, width, -1)
+    return _transposed(planes.reshape(batch, -1, height * width)).view(batch, height, width, -1)
 
 
 # Below this many sampled elements one broadcast multiply and one reduction beat
@@ -189,7 +193,7 @@ class _DCNv3GridSample(torch.autograd.Function):
         for part, sampled in zip(ctx.parts, sampled_parts):
             images = part.stop - part.start
             # [n, Ho, Wo, G*D] -> [n, G, D, 1, Ho*Wo], contiguous: every multiply below runs along Ho*Wo.
-            upstream = transpose_matrices(grad_output[part].reshape(images, out_h * out_w, channels))
+            upstream = _transposed(grad_output[part].reshape(images, out_h * out_w, channels))
             upstream = upstream.view(images, group, group_channels, 1, out_h * out_w)
             grad_mask[part] = _channels_last(_dot_over_channels(sampled, upstream), out_h, out_w)
 
