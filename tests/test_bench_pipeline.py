@@ -131,3 +131,20 @@ def test_bytes_moved_model_by_hand():
     assert traffic.known_peak_bandwidth("NVIDIA H200") == 4.8e12
     assert traffic.known_peak_bandwidth("Ascend910B3") == 1.6e12
     assert traffic.known_peak_bandwidth("Intel(R) Xeon(R)") is None
+
+
+def test_an_implementation_failing_parity_is_reported_and_not_timed(tmp_path):
+    from impls import registry
+    from tests.test_published_defects import offset_pair_swapped
+
+    registry.register("mutant_swapped_pair")(offset_pair_swapped)
+    try:
+        status = bench_main(["--device", "cpu", "--suite", "quick", "--impl", "mutant_swapped_pair",
+                             "--mode", "forward", "--seconds", "0.01", "--min-rounds", "2",
+                             "--parity-examples", "0", "--out", str(tmp_path)])
+    finally:
+        registry.remove("mutant_swapped_pair")
+    assert status == 1
+    env = json.loads((tmp_path / "environment.json").read_text())
+    assert env["not_timed"]["mutant_swapped_pair"].startswith("failed parity")
+    assert set(pd.read_csv(tmp_path / "results.csv")["implementation"]) == {"grid_sample"}
