@@ -58,9 +58,8 @@ def dcnv3(
         kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
         group, group_channels, offset_scale, remove_center,
     )
-    if impl == "auto":
-        validate(input, offset, mask, params)
-        chosen = auto(input.device, input.dtype)
-    else:
-        chosen = get(impl)
-    return chosen(input, offset, mask, params)
+    if impl != "auto":
+        return get(impl)(input, offset, mask, params)
+    validate(input, offset, mask, params)
+    # auto() returns an implementation available here for this dtype: no second check.
+    return auto(input.device, input.dtype).fn(input, offset, mask, params)

@@ -63,7 +63,11 @@ def unavailable_reason(device_type: str) -> str | None:
 
 def compile_unavailable_reason(device: torch.device | str) -> str | None:
     """Why torch.compile cannot build kernels for device here, or None."""
-    device_type = type_of(device)
+    return _compile_unavailable_reason(type_of(device))
+
+
+@functools.lru_cache(maxsize=None)
+def _compile_unavailable_reason(device_type: str) -> str | None:
     if device_type == "cpu":
         compilers = [os.environ.get("CXX", "g++"), "clang++"]
         if not any(shutil.which(c) for c in compilers):
