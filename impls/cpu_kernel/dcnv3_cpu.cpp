@@ -146,6 +146,22 @@ struct Channels<0> {
   static int64_t count(int64_t runtime) { return runtime; }
 };
 
+// Per-thread channel scratch: a fixed array the compiler keeps in registers
+// when D is known at compile time (profiled: a heap buffer sent the
+// accumulator through memory on every point), a vector otherwise.
+template <typename acc_t, int kD>
+struct ChannelBuffer {
+  acc_t values[kD];
+  explicit ChannelBuffer(int64_t) {}
+  acc_t* data() { return values; }
+};
+template <typename acc_t>
+struct ChannelBuffer<acc_t, 0> {
+  std::vector<acc_t> values;
+  explicit ChannelBuffer(int64_t count) : values(count) {}
+  acc_t* data() { return values.data(); }
+};
+
 template <typename scalar_t, int kD>
 void forward_kernel(const Geometry& g, const scalar_t* __restrict input, const scalar_t* __restrict offset,
                     const scalar_t* __restrict mask, scalar_t* __restrict output) {
@@ -155,7 +171,7 @@ void forward_kernel(const Geometry& g, const scalar_t* __restrict input, const s
   const int64_t row_stride = g.width * g.channels;
   const Positions<acc_t> pos(g);
   at::parallel_for(0, pixels, 16, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buffer(D);
+    ChannelBuffer<acc_t, kD> buffer(D);
     acc_t* __restrict acc = buffer.data();
     for (int64_t pixel = begin; pixel < end; ++pixel) {
       const int64_t n = pixel / (g.out_h * g.out_w);
@@ -215,7 +231,7 @@ void backward_kernel(const Geometry& g, const scalar_t* __restrict grad_output, 
   const int64_t pixels = g.batch * g.out_h * g.out_w;
   const Positions<acc_t> pos(g);
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> buffer(D);
+    ChannelBuffer<acc_t, kD> buffer(D);
     acc_t* __restrict upstream = buffer.data();
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       for (int64_t pixel = pixels * chunk / chunks; pixel < pixels * (chunk + 1) / chunks; ++pixel) {
