@@ -79,9 +79,8 @@ def environment(device: torch.device, args) -> dict:
 
 def gate_implementations(implementations, dtypes, device, examples, out: Path):
     """Run parity; return (passing implementations, {failed name: summary line})."""
-    cases = gate.sweep(examples, seed=0)
-    results = gate.run(implementations, dtypes, cases, device, Thresholds.load(),
-                       compiled_cases=len(cases) - examples + COMPILED_PARITY_EXAMPLES)
+    results = gate.run(implementations, dtypes, gate.sweep(examples, seed=0), device, Thresholds.load(),
+                       compiled_examples=COMPILED_PARITY_EXAMPLES)
     summary = gate.summarise(results)
     report = gate.markdown(summary, {}, f"# Parity before timing on {device}")
     results.to_csv(out / "parity.csv", index=False)
@@ -103,8 +102,7 @@ def tidy_rows(benchmark_json: Path, env: dict) -> pd.DataFrame:
         return rows
     rows.insert(1, "device_name", env["device_name"])
     rows["copy_gbps"] = env["copy_bandwidth_gbps"]
-    rows["peak_gbps"] = env["known_peak_bandwidth_gbps"]
-    rows["peak_gbps"] = rows["peak_gbps"].astype(float)
+    rows["peak_gbps"] = float("nan") if env["known_peak_bandwidth_gbps"] is None else env["known_peak_bandwidth_gbps"]
     reference_bandwidth = rows["peak_gbps"].fillna(rows["copy_gbps"])
     rows["fraction_of_peak"] = rows["gbps"] / reference_bandwidth
     rows["fraction_of_copy"] = rows["gbps"] / rows["copy_gbps"]

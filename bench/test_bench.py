@@ -7,8 +7,9 @@ tidy CSV), or directly:
 
 Each repetition is timed by impls.devices.Clock (CUDA / NPU events, CPU wall
 clock) after a cache flush; pytest-benchmark records the same repetitions with
-its own synchronised wall clock. p20/p50/p80 of the device clock, bytes moved,
-GB/s and peak memory go into each record's extra_info.
+its own synchronised wall clock. p20/p50/p80 of the device clock, the first
+call's time (compilation included), the thread count, bytes moved, GB/s and
+peak memory (median of three runs) go into each record's extra_info.
 """
 
 from __future__ import annotations

@@ -187,8 +187,8 @@ class _GlibcMmapThreshold:
     32 MB) and then serves large tensors from a heap it never shrinks, so the
     peak resident set barely moves once warm. With every block of 64 KB or more
     mmapped, each tensor's pages come and go with it and VmHWM is the region's
-    true peak.
-    Afterwards the threshold is left at 32 MB, glibc's steady state after warm-up.
+    true peak. Afterwards the threshold is left at 32 MB, glibc's steady state
+    after warm-up.
     """
 
     M_MMAP_THRESHOLD = -3

@@ -81,9 +81,10 @@ def select_implementations(requested: list[str] | None, device: torch.device):
 
 
 def run(implementations, dtypes, cases, device, thresholds: Thresholds, progress=None,
-        compiled_cases: int | None = None) -> pd.DataFrame:
-    """Rows for every implementation x dtype x case; implementations that compile per
-    shape take only the first `compiled_cases` cases (the regression ones come first)."""
+        compiled_examples: int | None = None) -> pd.DataFrame:
+    """Rows for every implementation x dtype x case of `sweep()`; implementations that
+    compile per shape take the regression cases and the first `compiled_examples` drawn ones."""
+    compiled_cases = None if compiled_examples is None else len(REGRESSIONS) + compiled_examples
     rows = []
     for index, problem in enumerate(cases):
         for dtype in dtypes:
@@ -178,7 +179,7 @@ def main(argv=None) -> int:
         print(f"\rparity on {device}: case {done}/{total}", end="", file=sys.stderr, flush=True)
 
     results = run(implementations, dtypes, cases, device, thresholds, progress if sys.stderr.isatty() else None,
-                  compiled_cases=len(REGRESSIONS) + args.compiled_examples)
+                  compiled_examples=args.compiled_examples)
     if results.empty:
         print(f"python -m parity: none of {', '.join(i.name for i in implementations)} supports "
               f"{', '.join(dtype_name(d) for d in dtypes)}", file=sys.stderr)
