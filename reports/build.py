@@ -135,9 +135,11 @@ def _bars_per_shape(part: pd.DataFrame, column: str, env: dict, dtype: str, what
         ax.set_title(mode)
         ax.set_ylabel(ylabel)
         ax.grid(axis="y", which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
+    # Below the panels: inside one, the legend hid the tallest bars.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     fig.suptitle(_title(env, part, what, dtype))
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
