@@ -113,7 +113,7 @@ def bench_settings(request):
 
 @pytest.fixture
 def available_bench_case(bench_case, device):
-    reason = bench_case[0].unavailable_reason(device)
+    reason = bench_case[0].untimed_reason(device)
     if reason is not None:
         pytest.skip(reason)
     return bench_case

@@ -23,6 +23,7 @@ nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
 HOST_SITE = ["--system-site-packages"]
 DEVICE_REASON = "from impls.devices import unavailable_reason as r; print(r('{device}') or '')"
+HAS_TRITON = "import importlib.util as u; print(u.find_spec('triton') is not None)"
 BEST_DEVICE = "from impls.devices import best_device_type as b; print(b())"
 
 
@@ -48,12 +49,24 @@ def run_bench(session: nox.Session, device: str) -> None:
     session.run("python", "-m", "reports", out)
 
 
+def install_triton_unless_present(session: nox.Session) -> None:
+    """Community Triton for its CPU interpreter, only where no Triton is installed: a CUDA torch's
+    pinned Triton, or triton-ascend (which shares the `triton` package name), must stay as it is."""
+    present = session.run("python", "-c", HAS_TRITON, silent=True).strip() == "True"
+    if not present:
+        session.install("triton")
+
+
 @nox.session(venv_params=HOST_SITE)
 def tests(session: nox.Session) -> None:
-    """The CPU parity gate, then the test suite (hypothesis profile `ci` under CI=true, `dev` otherwise)."""
+    """The CPU parity gate, then the test suite (hypothesis profile `ci` under CI=true, `dev` otherwise).
+
+    The Triton kernel takes part through Triton's CPU interpreter."""
     install_harness(session)
-    session.run("python", "-m", "parity", "--device", "cpu")
-    session.run("python", "-m", "pytest", *session.posargs)
+    install_triton_unless_present(session)
+    interpreter = {"TRITON_INTERPRET": "1"}
+    session.run("python", "-m", "parity", "--device", "cpu", env=interpreter)
+    session.run("python", "-m", "pytest", *session.posargs, env=interpreter)
 
 
 @nox.session(venv_params=HOST_SITE)

@@ -121,6 +121,9 @@ def main(argv=None) -> int:
     except (gate.UsageError, ValueError) as error:
         print(f"python -m bench: {error}", file=sys.stderr)
         return 2
+    for impl in [impl for impl in chosen if impl.untimed_reason(device)]:
+        chosen.remove(impl)
+        skipped[impl.name] = impl.untimed_reason(device)
     base = impls.baseline()
     if base.name not in {impl.name for impl in chosen} and base.available(device):
         chosen.insert(0, base)

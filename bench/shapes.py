@@ -53,13 +53,15 @@ def dcnv3_3x3(group: int, group_channels: int, offset_scale: float = 1.0, kernel
 def internimage(model: str, task: str, batch: int | None = None) -> list[Shape]:
     channels, groups, offset_scale, cls_size, seg_size = INTERNIMAGE[model]
     size = cls_size if task == "cls" else seg_size
-    batch = batch or (CLASSIFICATION_BATCH if task == "cls" else SEGMENTATION_BATCH)
+    default_batch = CLASSIFICATION_BATCH if task == "cls" else SEGMENTATION_BATCH
+    suffix = f"-b{batch}" if batch and batch != default_batch else ""
+    batch = batch or default_batch
     shapes = []
     for stage, group in enumerate(groups):
         side = size // 2 ** (stage + 2)
         stage_channels = channels * 2**stage
         shapes.append(Shape(
-            name=f"{model}-{task}{size}-s{stage + 1}", batch=batch, height=side, width=side,
+            name=f"{model}-{task}{size}-s{stage + 1}{suffix}", batch=batch, height=side, width=side,
             params=dcnv3_3x3(group, stage_channels // group, offset_scale),
         ))
     return shapes
@@ -91,6 +93,8 @@ def _internimage_suites() -> dict[str, list[Shape]]:
         suites[f"internimage-{key}-cls"] = internimage(model, "cls")
         suites[f"internimage-{key}-seg"] = internimage(model, "seg")
         suites[f"internimage-{key}"] = suites[f"internimage-{key}-cls"] + suites[f"internimage-{key}-seg"]
+    # GPUs: classification at a training batch, segmentation as configured.
+    suites["internimage-t-gpu"] = internimage("T", "cls", batch=64) + suites["internimage-t-seg"]
     suites["internimage"] = [s for model in INTERNIMAGE for s in suites[f"internimage-{model.lower()}"]]
     return suites
 

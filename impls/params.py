@@ -60,6 +60,10 @@ class DCNv3Params:
                 f"kernel_h={self.kernel_h}, kernel_w={self.kernel_w}"
             )
 
+    def scalars(self) -> tuple:
+        """The twelve values in InternImage's order, as custom operators take them."""
+        return tuple(getattr(self, field.name) for field in fields(self))
+
     @property
     def points(self) -> int:
         """P: sampling points per group and output pixel."""

@@ -28,7 +28,7 @@ def operands(name, dtype, requires_grad=True):
 @pytest.mark.parametrize("name", ["padding_order", "colliding_input_gradient", "declared_dtypes_nonsquare"])
 def test_opcheck(name, dtype):
     params, tensors, _ = operands(name, dtype)
-    args = (*tensors, *cpu_kernel._scalars(params))
+    args = (*tensors, *params.scalars())
     torch.library.opcheck(torch.ops.dcnv3_harness.dcnv3_forward.default, args)
 
 

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from impls.params import DCNv3Params
 from impls.registry import register
 
 SOURCE = Path(__file__).with_name("dcnv3_cpu.cpp")
@@ -65,14 +64,6 @@ def build_error() -> str | None:
     return None
 
 
-def _scalars(params: DCNv3Params):
-    return (
-        params.kernel_h, params.kernel_w, params.stride_h, params.stride_w, params.pad_h, params.pad_w,
-        params.dilation_h, params.dilation_w, params.group, params.group_channels,
-        params.offset_scale, params.remove_center,
-    )
-
-
 def _register_autograd_and_fake() -> None:
     forward = "dcnv3_harness::dcnv3_forward"
 
@@ -104,4 +95,4 @@ def _requires(device: torch.device) -> str | None:
 @register("cpu_kernel", device_types=("cpu",), requires=_requires, priority=20)
 def cpu_kernel(input, offset, mask, params):
     """Native C++ kernel: channels-last, at::parallel_for, race-free backward, float accumulation."""
-    return torch.ops.dcnv3_harness.dcnv3_forward(input, offset, mask, *_scalars(params))
+    return torch.ops.dcnv3_harness.dcnv3_forward(input, offset, mask, *params.scalars())
