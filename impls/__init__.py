@@ -12,8 +12,10 @@ import torch
 from impls import compiled as _compiled  # noqa: F401  (registers)
 from impls import cpu_kernel as _cpu_kernel  # noqa: F401  (registers; builds on first use)
 from impls import grid_sample as _grid_sample  # noqa: F401  (registers)
+from impls import npu_deform_conv as _npu_deform_conv  # noqa: F401  (registers)
 from impls import optimized as _optimized  # noqa: F401  (registers)
 from impls import reference as _reference  # noqa: F401  (registers)
+from impls import torchvision_deform as _torchvision_deform  # noqa: F401  (registers)
 from impls import triton_kernel as _triton_kernel  # noqa: F401  (registers; imports triton on first use)
 from impls.params import DCNv3Params, validate
 from impls.registry import ENTRY_POINT_GROUP, Implementation, auto, baseline, get, names, register
