@@ -17,7 +17,7 @@ import torch
 from hypothesis import HealthCheck, settings
 
 import impls
-from impls import devices
+from impls import devices, external
 
 settings.register_profile(
     "ci", max_examples=25, derandomize=True, deadline=None, print_blob=True,
@@ -37,6 +37,10 @@ def pytest_addoption(parser):
         "--impl", action="append", default=None, metavar="NAME",
         help="implementation to test (repeatable; default: every registered one)",
     )
+    parser.addoption(
+        "--impl-module", action="append", default=[], metavar="PACKAGE.MODULE:NAME",
+        help="also test a callable with DCNv3Function.apply's signature, as NAME (repeatable; impls/external.py)",
+    )
     group = parser.getgroup("dcnv3 benchmark", "bench/test_bench.py (see python -m bench)")
     group.addoption("--bench-suite", default="quick", help="shape suite from bench/shapes.py (default quick)")
     group.addoption("--bench-dtype", action="append", default=None, help="dtype to time (repeatable; default float32)")
@@ -45,6 +49,13 @@ def pytest_addoption(parser):
     group.addoption("--bench-min-rounds", type=int, default=5, help="fewest timed rounds per case (default 5)")
     group.addoption("--bench-max-rounds", type=int, default=200, help="most timed rounds per case (default 200)")
     group.addoption("--bench-threads", type=int, default=0, help="torch CPU threads (default: torch's own choice)")
+
+
+def pytest_configure(config):
+    try:
+        external.load(config.getoption("--impl-module"))
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
 
 
 def selected_implementations(config) -> list[str]:

@@ -28,7 +28,7 @@ import impls
 from bench import traffic
 from bench.cases import MODES
 from bench.shapes import SUITES
-from impls import devices
+from impls import devices, external
 from parity import gate
 from parity.thresholds import Thresholds
 
@@ -51,6 +51,8 @@ def parse_args(argv):
     parser.add_argument("--seconds", type=float, default=1.0, help="time budget per case; sets the rounds (default 1.0)")
     parser.add_argument("--min-rounds", type=int, default=5, help="fewest timed rounds per case (default 5)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads for the timed run (default: torch's choice)")
+    parser.add_argument("--impl-module", action="append", default=[], metavar="PACKAGE.MODULE:NAME",
+                        help="also gate and time this callable with DCNv3Function.apply's signature (repeatable)")
     parser.add_argument("--parity-examples", type=int, default=30, help="drawn parity cases before timing (default 30)")
     return parser.parse_args(argv)
 
@@ -117,6 +119,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         device = devices.resolve(args.device)
+        external.load(args.impl_module)
         chosen, skipped = gate.select_implementations(args.impl, device)
     except (gate.UsageError, ValueError) as error:
         print(f"python -m bench: {error}", file=sys.stderr)
@@ -155,6 +158,8 @@ def main(argv=None) -> int:
         f"--benchmark-json={out / 'benchmark.json'}", "--benchmark-columns=min,median,max,rounds",
         "--benchmark-sort=name",
     ]
+    for spec in args.impl_module:
+        pytest_args += ["--impl-module", spec]
     for impl in passing:
         pytest_args += ["--impl", impl.name]
     for name in args.dtype:

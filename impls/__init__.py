@@ -12,6 +12,7 @@ import torch
 from impls import compiled as _compiled  # noqa: F401  (registers)
 from impls import cpu_kernel as _cpu_kernel  # noqa: F401  (registers; builds on first use)
 from impls import grid_sample as _grid_sample  # noqa: F401  (registers)
+from impls import internimage_cuda as _internimage_cuda  # noqa: F401  (registers; imports DCNv3 on first use)
 from impls import npu_deform_conv as _npu_deform_conv  # noqa: F401  (registers)
 from impls import optimized as _optimized  # noqa: F401  (registers)
 from impls import reference as _reference  # noqa: F401  (registers)

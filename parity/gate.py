@@ -2,6 +2,7 @@
 
     python -m parity --device cpu [--impl NAME ...] [--dtype ...] [--examples K]
                      [--seed S] [--out DIR] [--thresholds FILE]
+                     [--impl-module package.module:Name ...]   (your own kernel; impls/external.py)
 
 Writes DIR/parity.csv (one row per implementation, dtype, quantity and case)
 and DIR/parity.md, prints the worst case per implementation, dtype and
@@ -22,7 +23,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 
 import impls
-from impls import devices
+from impls import devices, external
 from parity.compare import differences, evaluate, expected
 from parity.problems import Problem
 from parity.regressions import REGRESSIONS
@@ -97,9 +98,17 @@ def run(implementations, dtypes, cases, device, thresholds: Thresholds, progress
                 continue
             truth = expected(problem, dtype)
             for impl in users:
-                actual = evaluate(impl, problem, dtype, device)
+                # A kernel that raises fails its case; the gate goes on and reports the error.
+                try:
+                    actual, error = evaluate(impl, problem, dtype, device), ""
+                except Exception as exception:
+                    lines = str(exception).strip().splitlines() or [""]
+                    actual, error = None, f"{type(exception).__name__}: {lines[0]}"
                 for quantity, reference_value in truth.items():
-                    max_abs, max_rel = differences(actual[quantity], reference_value)
+                    if actual is None:
+                        max_abs = max_rel = float("inf")
+                    else:
+                        max_abs, max_rel = differences(actual[quantity], reference_value)
                     limit = thresholds.get(impl.name, dtype, quantity)
                     rows.append(
                         {
@@ -113,6 +122,7 @@ def run(implementations, dtypes, cases, device, thresholds: Thresholds, progress
                             "threshold": limit,
                             "pass": bool(max_abs <= limit),
                             "problem": problem.label(),
+                            "error": error,
                             **problem.describe(),
                         }
                     )
@@ -127,6 +137,9 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     summary = worst[SUMMARY_KEYS + ["max_abs_diff", "threshold", "problem"]].rename(
         columns={"max_abs_diff": "worst_max_abs_diff", "problem": "worst_case"}
     )
+    if "error" in worst:
+        raised = worst["error"].fillna("").astype(str) != ""
+        summary.loc[raised, "worst_case"] += " raised " + worst.loc[raised, "error"].astype(str)
     counts = results.groupby(SUMMARY_KEYS, sort=False).agg(cases=("pass", "size"), failed=("pass", lambda s: int((~s).sum())))
     summary = summary.merge(counts.reset_index(), on=SUMMARY_KEYS)
     summary["margin"] = summary["threshold"] / summary["worst_max_abs_diff"].where(summary["worst_max_abs_diff"] > 0)
@@ -146,6 +159,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m parity", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, npu, or auto (best present; default)")
     parser.add_argument("--impl", nargs="+", metavar="NAME", help="implementations to check (default: all available)")
+    parser.add_argument("--impl-module", action="append", default=[], metavar="PACKAGE.MODULE:NAME",
+                        help="also check this callable with DCNv3Function.apply's signature, as NAME (repeatable)")
     parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), help="dtypes (default: all each implementation supports)")
     parser.add_argument("--examples", type=int, default=200, help="drawn cases after the regression cases (default 200)")
     parser.add_argument("--compiled-examples", type=int, default=2,
@@ -163,6 +178,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         device = devices.resolve(args.device)
+        external.load(args.impl_module)
         implementations, skipped = select_implementations(args.impl, device)
         if not implementations:
             raise UsageError(f"no implementation to check on {device}: " + "; ".join(skipped.values()))

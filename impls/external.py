@@ -1,0 +1,65 @@
+"""Bring your own kernel: anything with InternImage's `DCNv3Function.apply` signature becomes an implementation.
+
+    python -m parity --impl-module my_port.dcnv3:DCNv3Function --device cuda --dtype float32
+    python -m bench  --impl-module my_port.dcnv3:DCNv3Function
+
+`package.module:Name` names an `Implementation` (used as it is), an autograd
+Function (its `apply` is called) or any callable taking
+`(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+dilation_h, dilation_w, group, group_channels, offset_scale, im2col_step,
+remove_center)`. It is registered under `Name`, claims every floating dtype
+and device (choose with `--device` and `--dtype`); a call that raises fails
+its parity case with the error shown, it does not stop the gate.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from impls import devices
+from impls.params import DCNv3Params
+from impls.registry import FLOATING, Implementation, add
+
+# InternImage's DCNv3 module passes 256; its CUDA kernel takes min(batch, im2col_step) images at a time.
+IM2COL_STEP = 256
+
+
+def with_apply_signature(apply):
+    """`fn(input, offset, mask, params)` calling `apply` in DCNv3Function.apply's argument order."""
+
+    def run(input, offset, mask, params: DCNv3Params):
+        *leading, offset_scale, remove_center = params.scalars()
+        return apply(input, offset, mask, *leading, offset_scale, IM2COL_STEP, remove_center)
+
+    return run
+
+
+def from_spec(spec: str) -> Implementation:
+    """The implementation `package.module:Name` names; ValueError saying what is wrong otherwise."""
+    module_name, colon, attribute = spec.partition(":")
+    if not colon or not module_name or not attribute:
+        raise ValueError(f"--impl-module {spec!r}: expected package.module:Name")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:
+        raise ValueError(f"--impl-module {spec!r}: cannot import {module_name}: {type(error).__name__}: {error}") from None
+    target = getattr(module, attribute, None)
+    if target is None:
+        raise ValueError(f"--impl-module {spec!r}: {module_name} has no attribute {attribute!r}")
+    if isinstance(target, Implementation):
+        return target
+    apply = getattr(target, "apply", target)
+    if not callable(apply):
+        raise ValueError(f"--impl-module {spec!r}: {attribute} is neither callable nor has an apply method")
+    return Implementation(
+        name=attribute, fn=with_apply_signature(apply), dtypes=frozenset(FLOATING),
+        device_types=devices.DEVICE_TYPES, description=f"{spec}, called as DCNv3Function.apply",
+    )
+
+
+def load(specs) -> list[Implementation]:
+    """Register every spec's implementation; the list of them."""
+    loaded = [from_spec(spec) for spec in specs or []]
+    for impl in loaded:
+        add(impl)
+    return loaded
