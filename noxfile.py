@@ -1,5 +1,5 @@
 """Sessions: tests, parity, parity-thorough, bench (best device), bench-cpu,
-bench-cuda, bench-npu and report.
+bench-cuda, bench-npu, build-ascendc and report.
 
 Every session's virtualenv sees the interpreter's site-packages, so the host's
 own torch (and, on Ascend hosts, torch_npu with CANN) is the one used. Options
@@ -99,6 +99,13 @@ def bench_npu(session: nox.Session) -> None:
     """On the host's own torch + torch_npu + CANN: installs neither torch nor torch_npu."""
     install_harness_keeping_host_torch(session)
     run_bench(session, "npu")
+
+
+@nox.session(name="build-ascendc", venv_params=HOST_SITE)
+def build_ascendc(session: nox.Session) -> None:
+    """Build the Ascend C kernel (CMake, CANN, torch_npu); names what is missing anywhere else."""
+    install_harness_keeping_host_torch(session)
+    session.run("python", "-m", "impls.ascendc", *session.posargs)
 
 
 @nox.session(venv_params=HOST_SITE)

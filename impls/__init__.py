@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from impls import ascendc as _ascendc  # noqa: F401  (registers; loads the built library on first use)
 from impls import compiled as _compiled  # noqa: F401  (registers)
 from impls import cpu_kernel as _cpu_kernel  # noqa: F401  (registers; builds on first use)
 from impls import grid_sample as _grid_sample  # noqa: F401  (registers)

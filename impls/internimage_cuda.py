@@ -1,7 +1,7 @@
 """InternImage's own compiled CUDA extension (`import DCNv3`, built by its ops_dcnv3/setup.py), when installed.
 
 The autograd wrapper below mirrors InternImage's DCNv3Function without its
-`torch.cuda.amp` decorators (the contract's published defect 6) and is called
+CUDA-only amp decorators (the contract's published defect 6) and is called
 through the same adapter as any bring-your-own kernel. The extension
 dispatches float64, float32 and float16 (no bfloat16), and adds the input
 gradient with atomicAdd (not bitwise reproducible).

@@ -52,3 +52,19 @@ def differences(actual: torch.Tensor, reference: torch.Tensor) -> tuple[float, f
     max_abs = diff.max().item()
     scale = torch.nan_to_num(reference.abs(), nan=0.0).max().item()
     return max_abs, (max_abs / scale if scale > 0 else max_abs)
+
+
+def assert_matches_reference(impl: Implementation, problem: Problem, dtype: torch.dtype, device="cpu",
+                             quantities=None, thresholds=None) -> None:
+    """torch.testing.assert_close of each quantity against the reference, at its threshold."""
+    from parity.thresholds import Thresholds
+
+    thresholds = thresholds or Thresholds.load()
+    actual = evaluate(impl, problem, dtype, device)
+    truth = expected(problem, dtype)
+    for quantity in quantities or list(truth):
+        bound = thresholds.get(impl.name, dtype, quantity)
+        torch.testing.assert_close(
+            actual[quantity], truth[quantity], atol=bound, rtol=0,
+            msg=lambda m, q=quantity, b=bound: f"{impl.name} {q} over {b:g} on {problem.label()}\n{m}",
+        )

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
-from torch.testing import assert_close
 
-from parity.compare import evaluate, expected
+from parity.compare import assert_matches_reference
 from parity.regressions import REGRESSIONS
 from parity.strategies import problems
 from parity.thresholds import Thresholds
@@ -27,14 +26,7 @@ def with_regressions(test=None, *, smooth_only=False):
 
 
 def check(impl, dtype, device, problem, quantities):
-    actual = evaluate(impl, problem, dtype, device)
-    truth = expected(problem, dtype)
-    for quantity in quantities:
-        bound = THRESHOLDS.get(impl.name, dtype, quantity)
-        assert_close(
-            actual[quantity], truth[quantity], atol=bound, rtol=0,
-            msg=lambda m, q=quantity, b=bound: f"{impl.name} {q} over {b:g} on {problem.label()}\n{m}",
-        )
+    assert_matches_reference(impl, problem, dtype, device, quantities, THRESHOLDS)
 
 
 @fixture_ok

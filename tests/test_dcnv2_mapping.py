@@ -13,12 +13,9 @@ from hypothesis import given
 
 from impls import dcnv2_mapping, devices, get
 from impls.registry import Implementation
-from parity.compare import evaluate, expected
+from parity import compare
 from parity.regressions import REGRESSIONS
 from parity.strategies import problems
-from parity.thresholds import Thresholds
-
-THRESHOLDS = Thresholds.load()
 
 
 def modelled(name, kernel_model, arguments):
@@ -38,13 +35,7 @@ MODELS = {
 
 
 def assert_matches_reference(model, problem):
-    actual = evaluate(model, problem, torch.float64, "cpu")
-    truth = expected(problem, torch.float64)
-    assert set(actual) == set(truth)
-    for quantity in truth:
-        bound = THRESHOLDS.get(model.name, torch.float64, quantity)
-        torch.testing.assert_close(actual[quantity], truth[quantity], atol=bound, rtol=0,
-                                   msg=lambda m, q=quantity: f"{model.name} {q} on {problem.label()}\n{m}")
+    compare.assert_matches_reference(model, problem, torch.float64)
 
 
 @pytest.mark.parametrize("kernel", MODELS)
