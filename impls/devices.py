@@ -27,6 +27,11 @@ def _first_line(error: BaseException) -> str:
     return text[0] if text else type(error).__name__
 
 
+def describe(error: BaseException) -> str:
+    """`Type: first line of the message`: an error as a one-line reason."""
+    return f"{type(error).__name__}: {_first_line(error)}"
+
+
 @functools.lru_cache(maxsize=None)
 def torch_npu_import_error() -> str | None:
     """None when torch_npu imports (registering the npu device), else the reason."""

@@ -42,7 +42,7 @@ def from_spec(spec: str) -> Implementation:
     try:
         module = importlib.import_module(module_name)
     except Exception as error:
-        raise ValueError(f"--impl-module {spec!r}: cannot import {module_name}: {type(error).__name__}: {error}") from None
+        raise ValueError(f"--impl-module {spec!r}: cannot import {module_name}: {devices.describe(error)}") from None
     target = getattr(module, attribute, None)
     if target is None:
         raise ValueError(f"--impl-module {spec!r}: {module_name} has no attribute {attribute!r}")

@@ -14,6 +14,7 @@ import functools
 import torch
 from torch.autograd.function import once_differentiable
 
+from impls import devices
 from impls.external import with_apply_signature
 from impls.registry import register
 
@@ -24,8 +25,7 @@ def _extension():
     try:
         import DCNv3
     except Exception as error:
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        return f"InternImage's DCNv3 CUDA extension is not importable: {type(error).__name__}: {first_line}"
+        return f"InternImage's DCNv3 CUDA extension is not importable: {devices.describe(error)}"
     return DCNv3
 
 

@@ -13,7 +13,7 @@ import functools
 
 import torch
 
-from impls import dcnv2_mapping
+from impls import dcnv2_mapping, devices
 from impls.registry import register
 
 
@@ -24,8 +24,7 @@ def _load_error() -> str | None:
 
         torch.ops.torchvision.deform_conv2d
     except Exception as error:
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        return f"torchvision's compiled deform_conv2d is not loadable: {type(error).__name__}: {first_line}"
+        return f"torchvision's compiled deform_conv2d is not loadable: {devices.describe(error)}"
     return None
 
 

@@ -102,8 +102,7 @@ def run(implementations, dtypes, cases, device, thresholds: Thresholds, progress
                 try:
                     actual, error = evaluate(impl, problem, dtype, device), ""
                 except Exception as exception:
-                    lines = str(exception).strip().splitlines() or [""]
-                    actual, error = None, f"{type(exception).__name__}: {lines[0]}"
+                    actual, error = None, devices.describe(exception)
                 for quantity, reference_value in truth.items():
                     if actual is None:
                         max_abs = max_rel = float("inf")

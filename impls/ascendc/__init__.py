@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from impls import devices, operators
 from impls.ascendc import tiling
 from impls.params import DCNv3Params
 from impls.registry import register
@@ -35,8 +36,7 @@ def load_error() -> str | None:
     try:
         torch.ops.load_library(str(path))
     except Exception as error:
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        return f"the Ascend C kernel at {path} did not load: {type(error).__name__}: {first_line}"
+        return f"the Ascend C kernel at {path} did not load: {devices.describe(error)}"
     _register_autograd_and_fake()
     return None
 
@@ -46,29 +46,17 @@ def _plan(offset: torch.Tensor, scalars, backward: bool) -> tiling.Plan:
     return tiling.plan(batch, out_h, out_w, DCNv3Params(*scalars), backward=backward)
 
 
+def _gradients(grad_output, input, offset, mask, scalars):
+    parameters = scalars[:12]  # without the forward's tiling
+    plan = _plan(offset, parameters, backward=True)
+    return torch.ops.dcnv3_ascendc.backward(
+        grad_output, input, offset, mask, *parameters, plan.block_pixels, plan.blocks,
+    )
+
+
 def _register_autograd_and_fake() -> None:
-    @torch.library.register_fake("dcnv3_ascendc::forward")
-    def _(input, offset, mask, *scalars):
-        return input.new_empty(*offset.shape[:3], input.shape[3])
-
-    @torch.library.register_fake("dcnv3_ascendc::backward")
-    def _(grad_output, input, offset, mask, *scalars):
-        return torch.empty_like(input), torch.empty_like(offset), torch.empty_like(mask)
-
-    def setup_context(ctx, inputs, output):
-        input, offset, mask, *scalars = inputs
-        ctx.save_for_backward(input, offset, mask)
-        ctx.scalars = scalars[:12]  # the DCNv3 parameters, without the forward's tiling
-
-    def backward(ctx, grad_output):
-        input, offset, mask = ctx.saved_tensors
-        plan = _plan(offset, ctx.scalars, backward=True)
-        grads = torch.ops.dcnv3_ascendc.backward(
-            grad_output, input, offset, mask, *ctx.scalars, plan.block_pixels, plan.blocks,
-        )
-        return (*grads, *([None] * 14))
-
-    torch.library.register_autograd("dcnv3_ascendc::forward", backward, setup_context=setup_context)
+    operators.register_fake_kernels("dcnv3_ascendc::forward", "dcnv3_ascendc::backward")
+    operators.register_backward("dcnv3_ascendc::forward", _gradients)
 
 
 def _requires(device: torch.device) -> str | None:

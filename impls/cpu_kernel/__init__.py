@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from impls import operators
 from impls.registry import register
 
 SOURCE = Path(__file__).with_name("dcnv3_cpu.cpp")
@@ -65,27 +66,12 @@ def build_error() -> str | None:
 
 
 def _register_autograd_and_fake() -> None:
-    forward = "dcnv3_harness::dcnv3_forward"
-
-    @torch.library.register_fake(forward)
-    def _(input, offset, mask, *scalars):
-        return input.new_empty(*offset.shape[:3], input.shape[3])
-
-    @torch.library.register_fake("dcnv3_harness::dcnv3_backward")
-    def _(grad_output, input, offset, mask, *scalars):
-        return torch.empty_like(input), torch.empty_like(offset), torch.empty_like(mask)
-
-    def setup_context(ctx, inputs, output):
-        input, offset, mask, *scalars = inputs
-        ctx.save_for_backward(input, offset, mask)
-        ctx.scalars = scalars
-
-    def backward(ctx, grad_output):
-        input, offset, mask = ctx.saved_tensors
-        grads = torch.ops.dcnv3_harness.dcnv3_backward(grad_output, input, offset, mask, *ctx.scalars)
-        return (*grads, *([None] * len(ctx.scalars)))
-
-    torch.library.register_autograd(forward, backward, setup_context=setup_context)
+    operators.register_fake_kernels("dcnv3_harness::dcnv3_forward", "dcnv3_harness::dcnv3_backward")
+    operators.register_backward(
+        "dcnv3_harness::dcnv3_forward",
+        lambda grad_output, input, offset, mask, scalars: torch.ops.dcnv3_harness.dcnv3_backward(
+            grad_output, input, offset, mask, *scalars),
+    )
 
 
 def _requires(device: torch.device) -> str | None:

@@ -20,6 +20,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from impls import devices, operators
 from impls.registry import register
 
 INTERPRETER = "TRITON_INTERPRET"
@@ -31,8 +32,7 @@ def _kernels():
     try:
         from impls.triton_kernel import kernels
     except Exception as error:
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        return f"triton not importable: {type(error).__name__}: {first_line}"
+        return f"triton not importable: {devices.describe(error)}"
     return kernels
 
 
@@ -49,7 +49,7 @@ def _ascend_backend_reason() -> Optional[str]:
     except Exception as error:
         return (
             "triton does not target the NPU here (install triton-ascend, Huawei's Triton backend): "
-            f"{type(error).__name__}: {error}"
+            + devices.describe(error)
         )
     return None
 
@@ -77,11 +77,6 @@ def forward_op(
     return _kernels().forward(input, offset, mask, scalars)
 
 
-@forward_op.register_fake
-def _(input, offset, mask, *scalars):
-    return input.new_empty(*offset.shape[:3], input.shape[3])
-
-
 @torch.library.custom_op("dcnv3_triton::backward", mutates_args=())
 def backward_op(
     grad_output: torch.Tensor, input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor,
@@ -94,24 +89,11 @@ def backward_op(
     return _kernels().backward(grad_output, input, offset, mask, scalars)
 
 
-@backward_op.register_fake
-def _(grad_output, input, offset, mask, *scalars):
-    return torch.empty_like(input), torch.empty_like(offset), torch.empty_like(mask)
-
-
-def _setup_context(ctx, inputs, output):
-    input, offset, mask, *scalars = inputs
-    ctx.save_for_backward(input, offset, mask)
-    ctx.scalars = scalars
-
-
-def _backward(ctx, grad_output):
-    input, offset, mask = ctx.saved_tensors
-    grads = backward_op(grad_output, input, offset, mask, *ctx.scalars)
-    return (*grads, *([None] * len(ctx.scalars)))
-
-
-forward_op.register_autograd(_backward, setup_context=_setup_context)
+operators.register_fake_kernels("dcnv3_triton::forward", "dcnv3_triton::backward")
+operators.register_backward(
+    "dcnv3_triton::forward",
+    lambda grad_output, input, offset, mask, scalars: backward_op(grad_output, input, offset, mask, *scalars),
+)
 
 
 @register(
