@@ -38,15 +38,6 @@ def test_gradcheck_in_float64(name):
     assert torch.autograd.gradcheck(lambda *xs: kernel(*xs, params), tensors, eps=1e-6, atol=1e-5)
 
 
-def test_compiles_as_one_operator():
-    params, tensors, grad_output = operands("offset_pair_order", torch.float32)
-    compiled = torch.compile(lambda *xs: kernel.fn(*xs, params), backend="aot_eager", fullgraph=True)
-    got = torch.autograd.grad(compiled(*tensors), tensors, grad_output)
-    want = torch.autograd.grad(kernel(*tensors, params), tensors, grad_output)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-
-
 def test_input_gradient_is_bitwise_reproducible():
     """Backward runs one task per (image, group): no two threads add into one element."""
     params, tensors, grad_output = operands("colliding_input_gradient", torch.float32)

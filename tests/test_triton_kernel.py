@@ -87,13 +87,3 @@ def test_reduced_precision_accumulates_in_float():
     torch.testing.assert_close(output.float(), exact, rtol=2**-7, atol=1e-6)
     grads = torch.autograd.grad(output, tensors, grad_output)
     assert [g.dtype for g in grads] == [torch.bfloat16] * 3
-
-
-@needs_interpreter
-def test_compiles_as_one_operator():
-    params, tensors, grad_output = operands("offset_pair_order", torch.float32)
-    compiled = torch.compile(lambda *xs: kernel.fn(*xs, params), backend="aot_eager", fullgraph=True)
-    got = torch.autograd.grad(compiled(*tensors), tensors, grad_output)
-    want = torch.autograd.grad(kernel(*tensors, params), tensors, grad_output)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
