@@ -52,7 +52,7 @@ def install_triton_unless_present(session: nox.Session) -> None:
     pinned Triton, or triton-ascend (which shares the `triton` package name), must stay as it is."""
     present = session.run("python", "-c", HAS_TRITON, silent=True).strip() == "True"
     if not present:
-        session.install("triton")
+        session.install("triton==3.9.0")
 
 
 @nox.session(venv_params=HOST_SITE)

@@ -1,0 +1,80 @@
+"""Compile the Triton kernels for an NVIDIA target without a GPU and print ptxas's resource usage as JSON.
+
+    python tests/triton_resources.py   (TRITON_INTERPRET must be unset: the real compiler is wanted)
+
+Triton's wheel carries ptxas and cuobjdump, so this runs on a CPU-only machine.
+Each line of output: {"kernel", "dtype", "group_channels", "points", "registers", "spill_bytes"}.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from impls.triton_kernel import kernels
+
+H200 = GPUTarget("cuda", 90, 32)
+CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+# (group_channels, kernel, remove_center): InternImage's widths, a wide odd one and a 5x5 kernel.
+CONFIGS = [(16, 3, False), (32, 3, False), (64, 3, False), (71, 3, True), (8, 5, True)]
+DTYPES = ["fp32", "fp16", "bf16"]
+
+
+def compile_kernel(kernel, backward: bool, dtype: str, group_channels: int, kernel_size: int, remove_center: bool):
+    config = kernels.launch_config(group_channels, backward)
+    warps = config.pop("num_warps")
+    constexprs = dict(
+        GROUP=2, GROUP_CHANNELS=group_channels, CHANNELS=2 * group_channels,
+        POINTS=kernel_size * kernel_size - int(remove_center), KERNEL_H=kernel_size, KERNEL_W=kernel_size,
+        STRIDE_H=1, STRIDE_W=1, PAD_H=1, PAD_W=1, DILATION_H=1, DILATION_W=1,
+        REMOVE_CENTER=int(remove_center), **config,
+    )
+    names = list(inspect.signature(kernel.fn).parameters)
+    signature = {
+        name: "constexpr" if name in constexprs
+        else "*fp32" if name == "grad_input_ptr"
+        else f"*{dtype}" if name.endswith("_ptr")
+        else "fp32" if name == "offset_scale"
+        else "i32"
+        for name in names
+    }
+    source = ASTSource(fn=kernel, signature=signature,
+                       constexprs={(names.index(name),): value for name, value in constexprs.items()})
+    return triton.compile(source, target=H200, options={"num_warps": warps})
+
+
+def resource_usage(cubin: bytes) -> tuple[int, int]:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        report = subprocess.run([str(CUOBJDUMP), "--dump-resource-usage", file.name],
+                                capture_output=True, text=True, check=True).stdout
+    registers = int(re.search(r"REG:(\d+)", report).group(1))
+    spills = int(re.search(r"STACK:(\d+)", report).group(1)) + int(re.search(r"LOCAL:(\d+)", report).group(1))
+    return registers, spills
+
+
+def main() -> int:
+    for kernel, backward in ((kernels.dcnv3_forward_kernel, False), (kernels.dcnv3_backward_kernel, True)):
+        for dtype in DTYPES:
+            for group_channels, kernel_size, remove_center in CONFIGS:
+                compiled = compile_kernel(kernel, backward, dtype, group_channels, kernel_size, remove_center)
+                registers, spills = resource_usage(compiled.asm["cubin"])
+                print(json.dumps(dict(
+                    kernel="backward" if backward else "forward", dtype=dtype, group_channels=group_channels,
+                    points=kernel_size * kernel_size - int(remove_center), registers=registers, spill_bytes=spills,
+                )))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
