@@ -96,12 +96,13 @@ def test_tiles_cover_each_group_once_with_a_short_tail():
 
 @pytest.mark.parametrize("shape", SUITES["internimage"], ids=lambda s: s.name)
 @pytest.mark.parametrize("backward", [False, True])
-def test_internimage_shapes_fit_the_910b_unified_buffer_and_use_every_core(shape, backward):
+def test_internimage_shapes_fit_the_910b_unified_buffer_and_keep_every_core_busy(shape, backward):
     out_h, out_w = shape.output_size
     plan = tiling.plan(shape.batch, out_h, out_w, shape.params, backward=backward)
     assert tiling.ub_bytes(plan.block_pixels, shape.params, backward) <= tiling.UB_BYTES - tiling.UB_RESERVED_BYTES
     assert plan.blocks == min(plan.tiles, tiling.VECTOR_CORES)
-    assert plan.tiles >= tiling.VECTOR_CORES or plan.block_pixels == 1
+    # Every core busy in every round: no short last round of tiles.
+    assert tiling.core_efficiency(plan.tiles, tiling.VECTOR_CORES) >= 0.95
 
 
 def test_a_group_too_wide_for_the_unified_buffer_is_a_value_error():
@@ -154,3 +155,9 @@ def test_a_library_that_does_not_load_reports_the_loader_error(monkeypatch, tmp_
     broken.write_text("not a shared object")
     monkeypatch.setenv("DCNV3_ASCENDC_LIBRARY", str(broken))
     assert ascendc.load_error.__wrapped__().startswith(f"the Ascend C kernel at {broken} did not load: ")
+
+
+def test_core_efficiency_counts_idle_cores_and_short_rounds():
+    assert tiling.core_efficiency(40, 40) == 1.0
+    assert tiling.core_efficiency(48, 40) == 0.6
+    assert tiling.core_efficiency(16, 40) == 0.4
