@@ -24,6 +24,8 @@ on Ascend (triton-ascend) a program is bound to a physical vector core, so the
 launcher starts one per vector core and each walks its share.
 """
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -222,20 +224,28 @@ def _launch(kernel, tensors, input, offset, params, backward):
     )
 
 
+def _stored(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels write results in. Triton 3.9's interpreter truncates float32 -> bfloat16
+    where GPUs round to nearest, so interpreted bfloat16 results are written as float32 and rounded by torch."""
+    if dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
+        return torch.float32
+    return dtype
+
+
 def forward(input, offset, mask, params):
     """params: the 12 DCNv3 scalars in InternImage's order (without im2col_step)."""
     input, offset, mask = input.contiguous(), offset.contiguous(), mask.contiguous()
-    output = input.new_empty(*offset.shape[:3], input.shape[3])
+    output = torch.empty(*offset.shape[:3], input.shape[3], dtype=_stored(input.dtype), device=input.device)
     _launch(dcnv3_forward_kernel, (input, offset, mask, output), input, offset, params, backward=False)
-    return output
+    return output.to(input.dtype)
 
 
 def backward(grad_output, input, offset, mask, params):
     input, offset, mask = input.contiguous(), offset.contiguous(), mask.contiguous()
     grad_output = grad_output.contiguous()
     grad_input = torch.zeros(input.shape, dtype=torch.float32, device=input.device)
-    grad_offset = torch.empty_like(offset)
-    grad_mask = torch.empty_like(mask)
+    grad_offset = torch.empty_like(offset, dtype=_stored(offset.dtype))
+    grad_mask = torch.empty_like(mask, dtype=_stored(mask.dtype))
     tensors = (input, offset, mask, grad_output, grad_input, grad_offset, grad_mask)
     _launch(dcnv3_backward_kernel, tensors, input, offset, params, backward=True)
-    return grad_input.to(input.dtype), grad_offset, grad_mask
+    return grad_input.to(input.dtype), grad_offset.to(offset.dtype), grad_mask.to(mask.dtype)
