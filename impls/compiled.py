@@ -15,6 +15,10 @@ from impls.grid_sample import compute_dtype, dcnv3_grid_sample
 from impls.registry import register
 
 _RECOMPILE_LIMIT = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+# Donated buffers (torch >= 2.6) free the saved tensors during backward, so a second
+# backward through one forward (retain_graph=True, as the benchmark's backward mode
+# and some training loops do) raises; this operator keeps them.
+_KEEP_SAVED = {"donated_buffer": False} if hasattr(torch._functorch.config, "donated_buffer") else {}
 _compiled: dict[str, object] = {}
 
 
@@ -31,5 +35,5 @@ def _compiled_for(device: torch.device):
 @register("compiled", requires=devices.compile_unavailable_reason, priority=5, compiles_per_shape=True)
 def compiled(input, offset, mask, params):
     """The grid_sample fallback compiled by torch.compile (inductor; torchair on npu), one graph per shape."""
-    with torch._dynamo.config.patch(**{_RECOMPILE_LIMIT: 1_000_000}):
+    with torch._dynamo.config.patch(**{_RECOMPILE_LIMIT: 1_000_000}), torch._functorch.config.patch(**_KEEP_SAVED):
         return _compiled_for(input.device)(input, offset, mask, params)

@@ -148,3 +148,16 @@ def test_an_implementation_failing_parity_is_reported_and_not_timed(tmp_path):
     env = json.loads((tmp_path / "environment.json").read_text())
     assert env["not_timed"]["mutant_swapped_pair"].startswith("failed parity")
     assert set(pd.read_csv(tmp_path / "results.csv")["implementation"]) == {"grid_sample"}
+
+
+@pytest.mark.parametrize("name", [n for n in impls.names() if n != "reference"])
+def test_the_backward_mode_can_repeat_its_backward(name):
+    """The benchmark times backward alone by repeating it through one retained forward graph."""
+    from bench.cases import runner
+
+    impl = impls.get(name)
+    if impl.untimed_reason("cpu") is not None:
+        pytest.skip(impl.untimed_reason("cpu"))
+    backward = runner(impl, SUITES["quick"][0], "backward", torch.float32, torch.device("cpu"))
+    backward()
+    backward()
