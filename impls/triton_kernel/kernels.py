@@ -24,11 +24,11 @@ on Ascend (triton-ascend) a program is bound to a physical vector core, so the
 launcher starts one per vector core and each walks its share.
 """
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from impls.triton_kernel import interpreted
 
 
 @triton.jit
@@ -227,7 +227,7 @@ def _launch(kernel, tensors, input, offset, params, backward):
 def _stored(dtype: torch.dtype) -> torch.dtype:
     """The dtype the kernels write results in. Triton 3.9's interpreter truncates float32 -> bfloat16
     where GPUs round to nearest, so interpreted bfloat16 results are written as float32 and rounded by torch."""
-    if dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
+    if dtype == torch.bfloat16 and interpreted():
         return torch.float32
     return dtype
 
