@@ -106,6 +106,8 @@ def test_kernels_compile_for_the_h200_without_register_spills():
     result = subprocess.run([sys.executable, str(helper)], capture_output=True, text=True, env=env)
     if result.returncode != 0 and "cuobjdump" in result.stderr and "No such file" in result.stderr:
         pytest.skip("this Triton wheel has no bundled cuobjdump")
+    if result.returncode == 3:  # triton_resources.UNSUPPORTED
+        pytest.skip(result.stderr.strip().splitlines()[-1])
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(rows) == 30

@@ -63,7 +63,16 @@ def resource_usage(cubin: bytes) -> tuple[int, int]:
     return registers, spills
 
 
+# Exit status when this Triton's ahead-of-time API is not the one written against (3.9).
+UNSUPPORTED = 3
+
+
 def main() -> int:
+    try:
+        compile_kernel(kernels.dcnv3_forward_kernel, False, "fp32", *CONFIGS[0])
+    except (TypeError, AttributeError, KeyError) as error:
+        print(f"triton {triton.__version__}: ahead-of-time compile API differs: {error!r}", file=sys.stderr)
+        return UNSUPPORTED
     for kernel, backward in ((kernels.dcnv3_forward_kernel, False), (kernels.dcnv3_backward_kernel, True)):
         for dtype in DTYPES:
             for group_channels, kernel_size, remove_center in CONFIGS:
