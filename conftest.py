@@ -37,10 +37,7 @@ def pytest_addoption(parser):
         "--impl", action="append", default=None, metavar="NAME",
         help="implementation to test (repeatable; default: every registered one)",
     )
-    parser.addoption(
-        "--impl-module", action="append", default=[], metavar="PACKAGE.MODULE:NAME",
-        help="also test a callable with DCNv3Function.apply's signature, as NAME (repeatable; impls/external.py)",
-    )
+    external.add_option(parser.addoption, "test")
     group = parser.getgroup("dcnv3 benchmark", "bench/test_bench.py (see python -m bench)")
     group.addoption("--bench-suite", default="quick", help="shape suite from bench/shapes.py (default quick)")
     group.addoption("--bench-dtype", action="append", default=None, help="dtype to time (repeatable; default float32)")

@@ -51,8 +51,7 @@ def parse_args(argv):
     parser.add_argument("--seconds", type=float, default=1.0, help="time budget per case; sets the rounds (default 1.0)")
     parser.add_argument("--min-rounds", type=int, default=5, help="fewest timed rounds per case (default 5)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads for the timed run (default: torch's choice)")
-    parser.add_argument("--impl-module", action="append", default=[], metavar="PACKAGE.MODULE:NAME",
-                        help="also gate and time this callable with DCNv3Function.apply's signature (repeatable)")
+    external.add_option(parser.add_argument, "gate and time")
     parser.add_argument("--parity-examples", type=int, default=30, help="drawn parity cases before timing (default 30)")
     return parser.parse_args(argv)
 
@@ -124,9 +123,9 @@ def main(argv=None) -> int:
     except (gate.UsageError, ValueError) as error:
         print(f"python -m bench: {error}", file=sys.stderr)
         return 2
-    for impl in [impl for impl in chosen if impl.untimed_reason(device)]:
-        chosen.remove(impl)
-        skipped[impl.name] = impl.untimed_reason(device)
+    untimed = {impl.name: impl.untimed_reason(device) for impl in chosen}
+    skipped.update({name: reason for name, reason in untimed.items() if reason})
+    chosen = [impl for impl in chosen if not untimed[impl.name]]
     base = impls.baseline()
     if base.name not in {impl.name for impl in chosen} and base.available(device):
         chosen.insert(0, base)

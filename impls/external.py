@@ -57,6 +57,12 @@ def from_spec(spec: str) -> Implementation:
     )
 
 
+def add_option(add, verb: str) -> None:
+    """Declare --impl-module with `add`: an argparse parser's add_argument or pytest's addoption."""
+    add("--impl-module", action="append", default=[], metavar="PACKAGE.MODULE:NAME",
+        help=f"also {verb} a callable with DCNv3Function.apply's signature, as NAME (repeatable; impls/external.py)")
+
+
 def load(specs) -> list[Implementation]:
     """Register every spec's implementation; the list of them."""
     loaded = [from_spec(spec) for spec in specs or []]

@@ -158,8 +158,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m parity", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, npu, or auto (best present; default)")
     parser.add_argument("--impl", nargs="+", metavar="NAME", help="implementations to check (default: all available)")
-    parser.add_argument("--impl-module", action="append", default=[], metavar="PACKAGE.MODULE:NAME",
-                        help="also check this callable with DCNv3Function.apply's signature, as NAME (repeatable)")
+    external.add_option(parser.add_argument, "check")
     parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), help="dtypes (default: all each implementation supports)")
     parser.add_argument("--examples", type=int, default=200, help="drawn cases after the regression cases (default 200)")
     parser.add_argument("--compiled-examples", type=int, default=2,
