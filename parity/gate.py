@@ -137,8 +137,10 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
         columns={"max_abs_diff": "worst_max_abs_diff", "problem": "worst_case"}
     )
     if "error" in worst:
-        raised = worst["error"].fillna("").astype(str) != ""
-        summary.loc[raised, "worst_case"] += " raised " + worst.loc[raised, "error"].astype(str)
+        # Read back from CSV, a column of empty errors is all-NaN float64.
+        error = worst["error"].astype("string").fillna("")
+        raised = error != ""
+        summary.loc[raised, "worst_case"] += " raised " + error[raised]
     counts = results.groupby(SUMMARY_KEYS, sort=False).agg(cases=("pass", "size"), failed=("pass", lambda s: int((~s).sum())))
     summary = summary.merge(counts.reset_index(), on=SUMMARY_KEYS)
     summary["margin"] = summary["threshold"] / summary["worst_max_abs_diff"].where(summary["worst_max_abs_diff"] > 0)

@@ -152,12 +152,15 @@ def test_an_implementation_failing_parity_is_reported_and_not_timed(tmp_path):
 
 @pytest.mark.parametrize("name", [n for n in impls.names() if n != "reference"])
 def test_the_backward_mode_can_repeat_its_backward(name):
-    """The benchmark times backward alone by repeating it through one retained forward graph."""
+    """The benchmark times backward alone by repeating it through one retained forward graph,
+    also after a plain forward+backward on the same shape (which compiles that shape's backward first)."""
     from bench.cases import runner
 
     impl = impls.get(name)
     if impl.untimed_reason("cpu") is not None:
         pytest.skip(impl.untimed_reason("cpu"))
-    backward = runner(impl, SUITES["quick"][0], "backward", torch.float32, torch.device("cpu"))
+    shape, cpu = SUITES["quick"][0], torch.device("cpu")
+    runner(impl, shape, "forward+backward", torch.float32, cpu)()
+    backward = runner(impl, shape, "backward", torch.float32, cpu)
     backward()
     backward()
