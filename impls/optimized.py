@@ -18,9 +18,10 @@ the InternImage-T shapes, CPU float32; see the resolution of issue 4):
   pass's temporaries stay below glibc's 32 MB mmap ceiling (recycled from the
   heap instead of page-faulted in on every call);
 - a custom autograd.Function: the backward forms grad of the sampled tensor in
-  one broadcast multiply, calls grid_sampler_2d_backward once per chunk, and
-  reduces the mask gradient point by point, where autograd through the forward
-  would build a full-size zero tensor for every point's slice.
+  one broadcast multiply into one buffer shared by the chunks, calls
+  grid_sampler_2d_backward once per chunk, and accumulates the mask gradient
+  channel by channel into its [N, G, P, Ho*Wo] result, where autograd through
+  the forward would build a full-size zero tensor for every point's slice.
 
 One code path for cpu, cuda and npu. float16 and bfloat16 compute in float32
 and cast back, as the contract asks.
