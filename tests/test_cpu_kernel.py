@@ -64,3 +64,19 @@ def test_a_failed_build_reports_the_compiler_error(tmp_path, monkeypatch):
     reason = cpu_kernel.build_error.__wrapped__()
     assert reason.startswith("the C++ kernel did not build in") and "error" in reason.lower()
     assert impls.get("grid_sample").available("cpu")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_points_outside_the_image_read_nothing(dtype):
+    """Corners outside the image contribute exactly zero, even with an infinite input at the nearest pixel."""
+    params = impls.DCNv3Params(1, 1, 1, 1, 0, 0, 1, 1, group=2, group_channels=16)
+    input = torch.randn(1, 3, 4, 32, dtype=dtype)
+    input[0, 0, 0] = float("inf")
+    offset = torch.full((1, 3, 4, 4), -10.0, dtype=dtype)  # every point far above and left of the image
+    mask = torch.rand(1, 3, 4, 2, dtype=dtype)
+    tensors = [t.clone().requires_grad_() for t in (input, offset, mask)]
+    output = kernel(*tensors, params)
+    assert torch.equal(output, torch.zeros_like(output))
+    gradients = torch.autograd.grad(output, tensors, torch.randn_like(output))
+    for gradient in gradients:
+        assert torch.equal(gradient, torch.zeros_like(gradient))

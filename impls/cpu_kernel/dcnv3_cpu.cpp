@@ -2,7 +2,9 @@
 //
 // Layout: input [N, H, W, G*D], offset [N, Ho, Wo, G*P*2] ((dx, dy) pairs),
 // mask [N, Ho, Wo, G*P]. Each sampling point reads its group's D channels as
-// one contiguous run, so the inner loops over channels vectorise.
+// one contiguous run. Per output pixel, one vectorised pass over its G*P
+// points finds their corners and weights (`locate`); the channel loops then
+// run on GCC/Clang vector types, so they compile to SIMD on any target.
 //
 // Forward parallelises over output pixels. Backward parallelises over fixed
 // ranges of output pixels, each scattering its input gradient into a buffer of
@@ -16,7 +18,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -72,143 +75,218 @@ Geometry make_geometry(const at::Tensor& input, const at::Tensor& offset, int64_
   }
   TORCH_CHECK(g.channels == group * group_channels, "dcnv3: input channels != group * group_channels");
   TORCH_CHECK(offset.size(3) == group * g.points * 2, "dcnv3: offset last dimension != group * P * 2");
+  TORCH_CHECK(g.height * g.width * g.channels < (int64_t(1) << 31),
+              "dcnv3 cpu_kernel: one image must have fewer than 2**31 elements (32-bit offsets within an image)");
   return g;
 }
 
-// Bilinear corners of (y, x) inside the image: row, column, weight and the
-// weight's derivatives along y and x (x0 = floor(x): right-hand at integers).
-template <typename acc_t>
-struct Corners {
-  int count = 0;
-  int64_t row[4], col[4];
-  acc_t weight[4], d_dy[4], d_dx[4];
-
-  Corners(acc_t y, acc_t x, int64_t height, int64_t width) {
-    if (!(y > acc_t(-1) && x > acc_t(-1) && y < acc_t(height) && x < acc_t(width))) return;
-    const acc_t y_floor = std::floor(y), x_floor = std::floor(x);
-    const int64_t y0 = static_cast<int64_t>(y_floor), x0 = static_cast<int64_t>(x_floor);
-    const acc_t ly = y - y_floor, lx = x - x_floor, hy = acc_t(1) - ly, hx = acc_t(1) - lx;
-    add(y0, x0, hy * hx, -hx, -hy, height, width);
-    add(y0, x0 + 1, hy * lx, -lx, hy, height, width);
-    add(y0 + 1, x0, ly * hx, hx, -ly, height, width);
-    add(y0 + 1, x0 + 1, ly * lx, lx, ly, height, width);
-  }
-
- private:
-  void add(int64_t r, int64_t c, acc_t w, acc_t wy, acc_t wx, int64_t height, int64_t width) {
-    if (r < 0 || r >= height || c < 0 || c >= width) return;
-    row[count] = r;
-    col[count] = c;
-    weight[count] = w;
-    d_dy[count] = wy;
-    d_dx[count] = wx;
-    ++count;
-  }
+// L values of T as one GCC/Clang vector: a SIMD register (or a few) on any
+// target, so the channel loops below need no per-ISA intrinsics.
+template <typename T, int L>
+struct Lanes {
+  typedef T type __attribute__((vector_size(L * sizeof(T))));
 };
 
-// Per-call constants of the sampling positions, in the compute type.
+template <typename acc_t, int L, typename scalar_t>
+inline typename Lanes<acc_t, L>::type load(const scalar_t* source) {
+  typename Lanes<acc_t, L>::type values;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    std::memcpy(&values, source, sizeof values);
+  } else {
+    for (int i = 0; i < L; ++i) values[i] = static_cast<acc_t>(source[i]);
+  }
+  return values;
+}
+
+template <int L, typename scalar_t, typename Vector>
+inline void store(scalar_t* destination, const Vector& values) {
+  if constexpr (sizeof(scalar_t) * L == sizeof(Vector)) {
+    std::memcpy(destination, &values, sizeof values);
+  } else {
+    for (int i = 0; i < L; ++i) destination[i] = static_cast<scalar_t>(values[i]);
+  }
+}
+
+// Sum of the lanes by halving. GCC 12+ and Clang get the halves as register
+// shuffles; a lane-by-lane copy elsewhere (older GCC scalarises it, slower but right).
+template <typename Vector, int... I>
+inline auto half_sum(const Vector& values, std::integer_sequence<int, I...>) {
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+  return __builtin_shufflevector(values, values, I...) +
+         __builtin_shufflevector(values, values, (I + int(sizeof...(I)))...);
+#else
+  using T = std::remove_reference_t<decltype(values[0])>;
+  typename Lanes<T, sizeof...(I)>::type half;
+  ((half[I] = values[I] + values[I + int(sizeof...(I))]), ...);
+  return half;
+#endif
+}
+
+template <typename T, int L>
+inline T reduce_add(typename Lanes<T, L>::type values) {
+  if constexpr (L == 1) {
+    return values[0];
+  } else {
+    return reduce_add<T, L / 2>(half_sum(values, std::make_integer_sequence<int, L / 2>{}));
+  }
+}
+
+// Per-call constants of the K = group * points sampling positions of a pixel,
+// in the compute type: x = wo * stride_w + base_x[k] + dx * offset_scale
+// (likewise y), reading channels from channel[k] = group * D on.
 template <typename acc_t>
 struct Positions {
   std::vector<acc_t> base_x, base_y;
+  std::vector<int32_t> channel;
   acc_t scale;
-  explicit Positions(const Geometry& g)
-      : base_x(g.base_x.begin(), g.base_x.end()),
-        base_y(g.base_y.begin(), g.base_y.end()),
-        scale(static_cast<acc_t>(g.offset_scale)) {}
-};
-
-// Interior points (all four corners inside) are the common case; the caller
-// takes a single fused pass over the channels for them.
-template <typename acc_t>
-struct Bilinear {
-  int64_t y0, x0;
-  acc_t ly, lx;
-  bool interior;
-  Bilinear(acc_t y, acc_t x, int64_t height, int64_t width) {
-    const acc_t y_floor = std::floor(y), x_floor = std::floor(x);
-    y0 = static_cast<int64_t>(y_floor);
-    x0 = static_cast<int64_t>(x_floor);
-    ly = y - y_floor;
-    lx = x - x_floor;
-    interior = y0 >= 0 && x0 >= 0 && y0 + 1 < height && x0 + 1 < width;
+  explicit Positions(const Geometry& g) : scale(static_cast<acc_t>(g.offset_scale)) {
+    for (int64_t grp = 0; grp < g.group; ++grp) {
+      for (int64_t p = 0; p < g.points; ++p) {
+        base_x.push_back(static_cast<acc_t>(g.base_x[p]));
+        base_y.push_back(static_cast<acc_t>(g.base_y[p]));
+        channel.push_back(static_cast<int32_t>(grp * g.group_channels));
+      }
+    }
   }
 };
 
-// Channel loops take D as a compile-time constant for the common sizes
-// (InternImage uses 16 and 32) so accumulators stay in registers; kD == 0
-// is the general, run-time D.
-template <int kD>
-struct Channels {
-  static constexpr int64_t count(int64_t) { return kD; }
-};
-template <>
-struct Channels<0> {
-  static int64_t count(int64_t runtime) { return runtime; }
+// Where each of one pixel's K points reads its four corners, as arrays over
+// k (corner c of point k at [c][k]). Filled by one pass over the points that
+// the compiler vectorises (profiled: the per-point scalar set-up cost more
+// than the channel arithmetic), then read by the channel loops.
+//
+// A corner outside the image reads a row of zeros (and the backward adds its
+// input gradient into a scratch row), so the channel loops apply the
+// unclipped bilinear formulas without a branch: a missing corner's value is
+// 0, exactly as the contract's sum over corners inside the image. (Pointing
+// it at a clamped pixel with weight 0 instead would turn an infinite input
+// there into NaN.)
+template <typename scalar_t, typename acc_t>
+struct Samples {
+  std::vector<const scalar_t*> source[4];
+  std::vector<acc_t> weight[4];  // forward: mask times the bilinear weight
+  std::vector<acc_t*> target[4];  // backward: where the input gradient goes
+  std::vector<acc_t> lx, ly, mask;  // backward: fractional position and mask
+
+  Samples(int64_t points, bool backward) {
+    for (int c = 0; c < 4; ++c) {
+      source[c].resize(points);
+      if (backward) {
+        target[c].resize(points);
+      } else {
+        weight[c].resize(points);
+      }
+    }
+    if (backward) {
+      lx.resize(points);
+      ly.resize(points);
+      mask.resize(points);
+    }
+  }
 };
 
-// Per-thread channel scratch: a fixed array the compiler keeps in registers
-// when D is known at compile time (profiled: a heap buffer sent the
-// accumulator through memory on every point), a vector otherwise.
-template <typename acc_t, int kD>
-struct ChannelBuffer {
-  acc_t values[kD];
-  explicit ChannelBuffer(int64_t) {}
-  acc_t* data() { return values; }
-};
-template <typename acc_t>
-struct ChannelBuffer<acc_t, 0> {
-  std::vector<acc_t> values;
-  explicit ChannelBuffer(int64_t count) : values(count) {}
-  acc_t* data() { return values.data(); }
-};
+// Fills `s` for the pixel at (pixel_y, pixel_x). Bilinear corners of (y, x):
+// x0 = floor(x), so an integer x samples right-hand; a point with y <= -1,
+// y >= H, x <= -1 or x >= W (or NaN) reads nothing.
+template <bool kBackward, typename scalar_t, typename acc_t>
+void locate(const Geometry& g, const Positions<acc_t>& pos, acc_t pixel_x, acc_t pixel_y,
+            const scalar_t* __restrict offset_px, const scalar_t* __restrict mask_px, const scalar_t* image,
+            const scalar_t* zeros, acc_t* grad_image, acc_t* sink, Samples<scalar_t, acc_t>& s) {
+  // 32-bit positions and offsets (make_geometry checks an image fits), so
+  // that the compiler vectorises this loop: mixed 32- and 64-bit lanes
+  // defeat it.
+  const int32_t K = static_cast<int32_t>(g.group * g.points), channels = static_cast<int32_t>(g.channels);
+  const int32_t height = static_cast<int32_t>(g.height), width = static_cast<int32_t>(g.width);
+  const acc_t height_f = acc_t(g.height), width_f = acc_t(g.width), scale = pos.scale;
+  const acc_t* __restrict base_x = pos.base_x.data();
+  const acc_t* __restrict base_y = pos.base_y.data();
+  const int32_t* __restrict channel = pos.channel.data();
+  const scalar_t** __restrict source0 = s.source[0].data();
+  const scalar_t** __restrict source1 = s.source[1].data();
+  const scalar_t** __restrict source2 = s.source[2].data();
+  const scalar_t** __restrict source3 = s.source[3].data();
+  acc_t* __restrict weight0 = s.weight[0].data();
+  acc_t* __restrict weight1 = s.weight[1].data();
+  acc_t* __restrict weight2 = s.weight[2].data();
+  acc_t* __restrict weight3 = s.weight[3].data();
+  acc_t** __restrict target0 = s.target[0].data();
+  acc_t** __restrict target1 = s.target[1].data();
+  acc_t** __restrict target2 = s.target[2].data();
+  acc_t** __restrict target3 = s.target[3].data();
+  acc_t* __restrict fraction_x = s.lx.data();
+  acc_t* __restrict fraction_y = s.ly.data();
+  acc_t* __restrict masks = s.mask.data();
+  // `omp simd`: the arrays never alias, which the compiler cannot prove.
+#pragma omp simd
+  for (int32_t k = 0; k < K; ++k) {
+    acc_t x = pixel_x + base_x[k] + static_cast<acc_t>(offset_px[2 * k]) * scale;
+    acc_t y = pixel_y + base_y[k] + static_cast<acc_t>(offset_px[2 * k + 1]) * scale;
+    // & rather than &&: no branches, so the loop vectorises.
+    const bool inside = (y > acc_t(-1)) & (x > acc_t(-1)) & (y < height_f) & (x < width_f);
+    x = inside ? x : acc_t(-2);  // keeps the int conversion in range
+    y = inside ? y : acc_t(-2);
+    // floor from truncation: std::floor does not vectorise here (GCC 12).
+    const int32_t x_trunc = static_cast<int32_t>(x), y_trunc = static_cast<int32_t>(y);
+    const int32_t x0 = x_trunc - (acc_t(x_trunc) > x), y0 = y_trunc - (acc_t(y_trunc) > y);
+    const acc_t lx = x - acc_t(x0), ly = y - acc_t(y0);
+    // inside implies -1 <= x0 <= W - 1, so these four say which corners exist.
+    const bool left = x0 >= 0, right = inside & (x0 + 1 < width);
+    const bool top = y0 >= 0, bottom = inside & (y0 + 1 < height);
+    const bool valid0 = top & left, valid1 = top & right, valid2 = bottom & left, valid3 = bottom & right;
+    const int32_t at0 = (y0 * width + x0) * channels + channel[k], at2 = at0 + width * channels;
+    source0[k] = valid0 ? image + at0 : zeros;
+    source1[k] = valid1 ? image + at0 + channels : zeros;
+    source2[k] = valid2 ? image + at2 : zeros;
+    source3[k] = valid3 ? image + at2 + channels : zeros;
+    const acc_t m = static_cast<acc_t>(mask_px[k]);
+    if constexpr (kBackward) {
+      target0[k] = valid0 ? grad_image + at0 : sink;
+      target1[k] = valid1 ? grad_image + at0 + channels : sink;
+      target2[k] = valid2 ? grad_image + at2 : sink;
+      target3[k] = valid3 ? grad_image + at2 + channels : sink;
+      fraction_x[k] = lx;
+      fraction_y[k] = ly;
+      masks[k] = m;
+    } else {
+      const acc_t hx = acc_t(1) - lx, hy = acc_t(1) - ly;
+      weight0[k] = m * hy * hx;
+      weight1[k] = m * hy * lx;
+      weight2[k] = m * ly * hx;
+      weight3[k] = m * ly * lx;
+    }
+  }
+}
 
-template <typename scalar_t, int kD>
+// The channel loops run L lanes at a time (L divides D); `with_lanes` picks L.
+template <typename scalar_t, int L>
 void forward_kernel(const Geometry& g, const scalar_t* __restrict input, const scalar_t* __restrict offset,
                     const scalar_t* __restrict mask, scalar_t* __restrict output) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t D = Channels<kD>::count(g.group_channels), P = g.points;
+  using Vector = typename Lanes<acc_t, L>::type;
+  const int64_t D = g.group_channels, P = g.points, K = g.group * P;
   const int64_t pixels = g.batch * g.out_h * g.out_w;
-  const int64_t row_stride = g.width * g.channels;
   const Positions<acc_t> pos(g);
+  const std::vector<scalar_t> zeros(D, scalar_t(0));
   at::parallel_for(0, pixels, 16, [&](int64_t begin, int64_t end) {
-    ChannelBuffer<acc_t, kD> buffer(D);
-    acc_t* __restrict acc = buffer.data();
+    Samples<scalar_t, acc_t> s(K, false);
     for (int64_t pixel = begin; pixel < end; ++pixel) {
       const int64_t n = pixel / (g.out_h * g.out_w);
       const int64_t ho = (pixel / g.out_w) % g.out_h, wo = pixel % g.out_w;
-      const scalar_t* offset_px = offset + pixel * g.group * P * 2;
-      const scalar_t* mask_px = mask + pixel * g.group * P;
-      const scalar_t* image = input + n * g.height * row_stride;
+      locate<false>(g, pos, acc_t(wo * g.stride_w), acc_t(ho * g.stride_h), offset + pixel * K * 2,
+                    mask + pixel * K, input + n * g.height * g.width * g.channels, zeros.data(),
+                    static_cast<acc_t*>(nullptr), static_cast<acc_t*>(nullptr), s);
       scalar_t* out_px = output + pixel * g.channels;
-      const acc_t pixel_x = acc_t(wo * g.stride_w), pixel_y = acc_t(ho * g.stride_h);
       for (int64_t grp = 0; grp < g.group; ++grp) {
-        for (int64_t d = 0; d < D; ++d) acc[d] = acc_t(0);
-        for (int64_t p = 0; p < P; ++p) {
-          const int64_t k = grp * P + p;
-          const acc_t x = pixel_x + pos.base_x[p] + acc_t(offset_px[2 * k]) * pos.scale;
-          const acc_t y = pixel_y + pos.base_y[p] + acc_t(offset_px[2 * k + 1]) * pos.scale;
-          const acc_t m = acc_t(mask_px[k]);
-          const Bilinear<acc_t> at(y, x, g.height, g.width);
-          if (at.interior) {  // one pass over the channels for all four corners
-            const scalar_t* a = image + at.y0 * row_stride + at.x0 * g.channels + grp * D;
-            const scalar_t* b = a + g.channels;
-            const scalar_t* c = a + row_stride;
-            const scalar_t* e = c + g.channels;
-            const acc_t hy = acc_t(1) - at.ly, hx = acc_t(1) - at.lx;
-            const acc_t w0 = m * hy * hx, w1 = m * hy * at.lx, w2 = m * at.ly * hx, w3 = m * at.ly * at.lx;
-            for (int64_t d = 0; d < D; ++d) {
-              acc[d] += w0 * acc_t(a[d]) + w1 * acc_t(b[d]) + w2 * acc_t(c[d]) + w3 * acc_t(e[d]);
-            }
-            continue;
+        for (int64_t lane = 0; lane < D; lane += L) {
+          Vector sum = {};
+          for (int64_t k = grp * P; k < (grp + 1) * P; ++k) {
+            sum += s.weight[0][k] * load<acc_t, L>(s.source[0][k] + lane) +
+                   s.weight[1][k] * load<acc_t, L>(s.source[1][k] + lane) +
+                   s.weight[2][k] * load<acc_t, L>(s.source[2][k] + lane) +
+                   s.weight[3][k] * load<acc_t, L>(s.source[3][k] + lane);
           }
-          const Corners<acc_t> corners(y, x, g.height, g.width);
-          for (int i = 0; i < corners.count; ++i) {
-            const acc_t w = m * corners.weight[i];
-            const scalar_t* src = image + corners.row[i] * row_stride + corners.col[i] * g.channels + grp * D;
-            for (int64_t d = 0; d < D; ++d) acc[d] += w * acc_t(src[d]);
-          }
+          store<L>(out_px + grp * D + lane, sum);
         }
-        for (int64_t d = 0; d < D; ++d) out_px[grp * D + d] = static_cast<scalar_t>(acc[d]);
       }
     }
   });
@@ -220,95 +298,75 @@ void forward_kernel(const Geometry& g, const scalar_t* __restrict input, const s
 // (an (image, group) split did: groups of one pixel share lines, and two
 // threads ran 8x slower than one), and the result is bitwise reproducible for
 // a given chunk count.
-template <typename scalar_t, typename grad_input_t, int kD>
+template <typename scalar_t, int L>
 void backward_kernel(const Geometry& g, const scalar_t* __restrict grad_output, const scalar_t* __restrict input,
                      const scalar_t* __restrict offset, const scalar_t* __restrict mask,
-                     grad_input_t* const* partials, int64_t chunks, scalar_t* __restrict grad_offset,
+                     at::opmath_type<scalar_t>* const* partials, int64_t chunks, scalar_t* __restrict grad_offset,
                      scalar_t* __restrict grad_mask) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t D = Channels<kD>::count(g.group_channels), P = g.points;
-  const int64_t row_stride = g.width * g.channels;
+  using Vector = typename Lanes<acc_t, L>::type;
+  const int64_t D = g.group_channels, P = g.points, K = g.group * P;
   const int64_t pixels = g.batch * g.out_h * g.out_w;
+  const int64_t image_size = g.height * g.width * g.channels;
   const Positions<acc_t> pos(g);
+  const std::vector<scalar_t> zeros(D, scalar_t(0));
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    ChannelBuffer<acc_t, kD> buffer(D);
-    acc_t* __restrict upstream = buffer.data();
+    Samples<scalar_t, acc_t> s(K, true);
+    std::vector<acc_t> sink(D);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       for (int64_t pixel = pixels * chunk / chunks; pixel < pixels * (chunk + 1) / chunks; ++pixel) {
         const int64_t n = pixel / (g.out_h * g.out_w);
         const int64_t ho = (pixel / g.out_w) % g.out_h, wo = pixel % g.out_w;
-        const acc_t pixel_x = acc_t(wo * g.stride_w), pixel_y = acc_t(ho * g.stride_h);
-        for (int64_t grp = 0; grp < g.group; ++grp) {
-          const scalar_t* image = input + n * g.height * row_stride + grp * D;
-          grad_input_t* grad_image = partials[chunk] + n * g.height * row_stride + grp * D;
-          const scalar_t* up = grad_output + pixel * g.channels + grp * D;
-          for (int64_t d = 0; d < D; ++d) upstream[d] = acc_t(up[d]);
-          for (int64_t p = 0; p < P; ++p) {
-            const int64_t k = (pixel * g.group + grp) * P + p;
-            const acc_t x = pixel_x + pos.base_x[p] + acc_t(offset[2 * k]) * pos.scale;
-            const acc_t y = pixel_y + pos.base_y[p] + acc_t(offset[2 * k + 1]) * pos.scale;
-            const acc_t m = acc_t(mask[k]);
-            const Bilinear<acc_t> at(y, x, g.height, g.width);
-            acc_t d_mask = 0, d_y = 0, d_x = 0;
-            if (at.interior) {  // one pass over the channels for all four corners
-              const acc_t ly = at.ly, lx = at.lx, hy = acc_t(1) - ly, hx = acc_t(1) - lx;
-              const int64_t first = at.y0 * row_stride + at.x0 * g.channels;
-              const scalar_t *a = image + first, *b = a + g.channels, *c = a + row_stride, *e = c + g.channels;
-              grad_input_t *ga = grad_image + first, *gb = ga + g.channels, *gc = ga + row_stride,
-                           *ge = gc + g.channels;
-              const acc_t w0 = m * hy * hx, w1 = m * hy * lx, w2 = m * ly * hx, w3 = m * ly * lx;
-              acc_t d0 = 0, d1 = 0, d2 = 0, d3 = 0;
-              for (int64_t d = 0; d < D; ++d) {
-                const acc_t u = upstream[d];
-                d0 += u * acc_t(a[d]);
-                d1 += u * acc_t(b[d]);
-                d2 += u * acc_t(c[d]);
-                d3 += u * acc_t(e[d]);
-                ga[d] += static_cast<grad_input_t>(w0 * u);
-                gb[d] += static_cast<grad_input_t>(w1 * u);
-                gc[d] += static_cast<grad_input_t>(w2 * u);
-                ge[d] += static_cast<grad_input_t>(w3 * u);
-              }
-              d_mask = hy * hx * d0 + hy * lx * d1 + ly * hx * d2 + ly * lx * d3;
-              d_y = hx * (d2 - d0) + lx * (d3 - d1);
-              d_x = hy * (d1 - d0) + ly * (d3 - d2);
-            } else {
-              const Corners<acc_t> corners(y, x, g.height, g.width);
-              for (int i = 0; i < corners.count; ++i) {
-                const int64_t first = corners.row[i] * row_stride + corners.col[i] * g.channels;
-                const scalar_t* src = image + first;
-                grad_input_t* dst = grad_image + first;
-                const acc_t w = m * corners.weight[i];
-                acc_t dot = 0;
-                for (int64_t d = 0; d < D; ++d) {
-                  dot += upstream[d] * acc_t(src[d]);
-                  dst[d] += static_cast<grad_input_t>(w * upstream[d]);
-                }
-                d_mask += corners.weight[i] * dot;
-                d_y += corners.d_dy[i] * dot;
-                d_x += corners.d_dx[i] * dot;
-              }
-            }
-            grad_mask[k] = static_cast<scalar_t>(d_mask);
-            grad_offset[2 * k] = static_cast<scalar_t>(pos.scale * m * d_x);
-            grad_offset[2 * k + 1] = static_cast<scalar_t>(pos.scale * m * d_y);
+        locate<true>(g, pos, acc_t(wo * g.stride_w), acc_t(ho * g.stride_h), offset + pixel * K * 2,
+                     mask + pixel * K, input + n * image_size, zeros.data(), partials[chunk] + n * image_size,
+                     sink.data(), s);
+        const scalar_t* up_px = grad_output + pixel * g.channels;
+        scalar_t* grad_mask_px = grad_mask + pixel * K;
+        scalar_t* grad_offset_px = grad_offset + pixel * K * 2;
+        for (int64_t k = 0; k < K; ++k) {
+          const scalar_t* up_group = up_px + pos.channel[k];
+          const scalar_t *a = s.source[0][k], *b = s.source[1][k], *c = s.source[2][k], *e = s.source[3][k];
+          acc_t *grad_a = s.target[0][k], *grad_b = s.target[1][k], *grad_c = s.target[2][k],
+                *grad_e = s.target[3][k];
+          const acc_t lx = s.lx[k], ly = s.ly[k], hx = acc_t(1) - lx, hy = acc_t(1) - ly, m = s.mask[k];
+          const acc_t w0 = hy * hx, w1 = hy * lx, w2 = ly * hx, w3 = ly * lx;
+          // Products with the output gradient, summed over lanes once per
+          // point: grad_mask = up . sum_c(w_c v_c), and likewise d/dy, d/dx.
+          Vector along_mask = {}, along_y = {}, along_x = {};
+          for (int64_t lane = 0; lane < D; lane += L) {
+            const Vector up = load<acc_t, L>(up_group + lane);
+            const Vector va = load<acc_t, L>(a + lane), vb = load<acc_t, L>(b + lane),
+                         vc = load<acc_t, L>(c + lane), ve = load<acc_t, L>(e + lane);
+            along_mask += up * (w0 * va + w1 * vb + w2 * vc + w3 * ve);
+            along_y += up * (hx * (vc - va) + lx * (ve - vb));
+            along_x += up * (hy * (vb - va) + ly * (ve - vc));
+            const Vector masked = m * up;
+            store<L>(grad_a + lane, load<acc_t, L>(grad_a + lane) + w0 * masked);
+            store<L>(grad_b + lane, load<acc_t, L>(grad_b + lane) + w1 * masked);
+            store<L>(grad_c + lane, load<acc_t, L>(grad_c + lane) + w2 * masked);
+            store<L>(grad_e + lane, load<acc_t, L>(grad_e + lane) + w3 * masked);
           }
+          grad_mask_px[k] = static_cast<scalar_t>(reduce_add<acc_t, L>(along_mask));
+          grad_offset_px[2 * k] = static_cast<scalar_t>(pos.scale * m * reduce_add<acc_t, L>(along_x));
+          grad_offset_px[2 * k + 1] = static_cast<scalar_t>(pos.scale * m * reduce_add<acc_t, L>(along_y));
         }
       }
     }
   });
 }
 
-// Calls body.template operator()<kD>() with D fixed at compile time where it is common.
-template <typename Body>
-void with_channels(int64_t group_channels, Body&& body) {
-  switch (group_channels) {
-    case 8: return body(std::integral_constant<int, 8>{});
-    case 16: return body(std::integral_constant<int, 16>{});
-    case 32: return body(std::integral_constant<int, 32>{});
-    case 64: return body(std::integral_constant<int, 64>{});
-    default: return body(std::integral_constant<int, 0>{});
+// Calls body(std::integral_constant<int, L>) with the widest L that divides D
+// and fits 64 bytes of acc_t (one AVX-512 register, four NEON ones).
+template <typename acc_t, typename Body>
+void with_lanes(int64_t group_channels, Body&& body) {
+  constexpr int widest = 64 / sizeof(acc_t);
+  if constexpr (widest >= 16) {
+    if (group_channels % 16 == 0) return body(std::integral_constant<int, 16>{});
   }
+  if (group_channels % 8 == 0) return body(std::integral_constant<int, 8>{});
+  if (group_channels % 4 == 0) return body(std::integral_constant<int, 4>{});
+  if (group_channels % 2 == 0) return body(std::integral_constant<int, 2>{});
+  return body(std::integral_constant<int, 1>{});
 }
 
 // At most this many input-gradient buffers in the backward, whatever the thread count.
@@ -323,8 +381,8 @@ at::Tensor dcnv3_forward(const at::Tensor& input, const at::Tensor& offset, cons
   const at::Tensor in = input.contiguous(), off = offset.contiguous(), msk = mask.contiguous();
   at::Tensor output = at::empty({g.batch, g.out_h, g.out_w, g.channels}, input.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "dcnv3_forward_cpu", [&] {
-    with_channels(g.group_channels, [&](auto channels) {
-      forward_kernel<scalar_t, decltype(channels)::value>(g, in.const_data_ptr<scalar_t>(),
+    with_lanes<at::opmath_type<scalar_t>>(g.group_channels, [&](auto lanes) {
+      forward_kernel<scalar_t, decltype(lanes)::value>(g, in.const_data_ptr<scalar_t>(),
                                                            off.const_data_ptr<scalar_t>(),
                                                            msk.const_data_ptr<scalar_t>(),
                                                            output.mutable_data_ptr<scalar_t>());
@@ -357,8 +415,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
       partials.push_back(at::zeros(in.sizes(), acc_options));
       pointers.push_back(partials.back().mutable_data_ptr<acc_t>());
     }
-    with_channels(g.group_channels, [&](auto channels) {
-      backward_kernel<scalar_t, acc_t, decltype(channels)::value>(
+    with_lanes<acc_t>(g.group_channels, [&](auto lanes) {
+      backward_kernel<scalar_t, decltype(lanes)::value>(
           g, up.const_data_ptr<scalar_t>(), in.const_data_ptr<scalar_t>(), off.const_data_ptr<scalar_t>(),
           msk.const_data_ptr<scalar_t>(), pointers.data(), chunks, grad_offset.mutable_data_ptr<scalar_t>(),
           grad_mask.mutable_data_ptr<scalar_t>());
