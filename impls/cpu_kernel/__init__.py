@@ -5,9 +5,10 @@ first use or ahead of time with `python -m impls.cpu_kernel`. A failed build
 makes this implementation unavailable with the compiler's message as the
 reason; it never breaks the other implementations or test collection.
 
-The C++ file defines `dcnv3_harness::dcnv3_forward` and `dcnv3_backward`;
-autograd and fake-tensor (meta) kernels are registered here, so autograd,
-torch.compile and torch.library.opcheck all see one ordinary operator.
+The C++ file defines `dcnv3_harness::dcnv3_forward` and `dcnv3_backward` and
+the forward's autograd kernel (in C++: cheaper per call than Python's); the
+fake-tensor (meta) kernels are registered here, so autograd, torch.compile and
+torch.library.opcheck all see one ordinary operator.
 """
 
 from __future__ import annotations
@@ -65,17 +66,12 @@ def build_error() -> str | None:
         lines = [line for line in str(error).splitlines() if line.strip()]
         detail = next((line for line in lines if "error" in line.lower()), lines[0] if lines else repr(error))
         return f"the C++ kernel did not build in {directory}: {detail.strip()}"
-    _register_autograd_and_fake()
+    _register_fake_kernels()
     return None
 
 
-def _register_autograd_and_fake() -> None:
+def _register_fake_kernels() -> None:
     operators.register_fake_kernels("dcnv3_harness::dcnv3_forward", "dcnv3_harness::dcnv3_backward")
-    operators.register_backward(
-        "dcnv3_harness::dcnv3_forward",
-        lambda grad_output, input, offset, mask, scalars: torch.ops.dcnv3_harness.dcnv3_backward(
-            grad_output, input, offset, mask, *scalars),
-    )
 
 
 def _requires(device: torch.device) -> str | None:

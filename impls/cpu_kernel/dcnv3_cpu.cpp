@@ -15,6 +15,7 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -427,6 +428,56 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
   return {grad_input, grad_offset, grad_mask};
 }
 
+// Autograd in C++ rather than torch.library.register_autograd: the Python
+// route cost 55 us per forward with a graph (measured at InternImage-T
+// classification stage 4, where the whole forward takes 45 us).
+class DCNv3Function : public torch::autograd::Function<DCNv3Function> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input,
+                            const at::Tensor& offset, const at::Tensor& mask, int64_t kernel_h, int64_t kernel_w,
+                            int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h,
+                            int64_t dilation_w, int64_t group, int64_t group_channels, double offset_scale,
+                            bool remove_center) {
+    ctx->save_for_backward({input, offset, mask});
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // the call below reaches the CPU kernel, not this one
+    ctx->saved_data["ints"] = std::vector<int64_t>{kernel_h,   kernel_w,   stride_h, stride_w,      pad_h,
+                                                   pad_w,      dilation_h, dilation_w, group, group_channels};
+    ctx->saved_data["offset_scale"] = offset_scale;
+    ctx->saved_data["remove_center"] = remove_center;
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("dcnv3_harness::dcnv3_forward", "")
+                               .typed<decltype(dcnv3_forward)>();
+    return op.call(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                   dilation_w, group, group_channels, offset_scale, remove_center);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const auto ints = ctx->saved_data["ints"].toIntVector();
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("dcnv3_harness::dcnv3_backward", "")
+                               .typed<decltype(dcnv3_backward)>();
+    auto [grad_input, grad_offset, grad_mask] =
+        op.call(grad_outputs[0], saved[0], saved[1], saved[2], ints[0], ints[1], ints[2], ints[3], ints[4], ints[5],
+                ints[6], ints[7], ints[8], ints[9], ctx->saved_data["offset_scale"].toDouble(),
+                ctx->saved_data["remove_center"].toBool());
+    torch::autograd::variable_list grads(15);  // one per forward argument; none for the scalars
+    grads[0] = grad_input;
+    grads[1] = grad_offset;
+    grads[2] = grad_mask;
+    return grads;
+  }
+};
+
+at::Tensor dcnv3_forward_autograd(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& mask,
+                                  int64_t kernel_h, int64_t kernel_w, int64_t stride_h, int64_t stride_w,
+                                  int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w, int64_t group,
+                                  int64_t group_channels, double offset_scale, bool remove_center) {
+  return DCNv3Function::apply(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                              dilation_w, group, group_channels, offset_scale, remove_center);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(dcnv3_harness, m) {
@@ -443,4 +494,8 @@ TORCH_LIBRARY(dcnv3_harness, m) {
 TORCH_LIBRARY_IMPL(dcnv3_harness, CPU, m) {
   m.impl("dcnv3_forward", &dcnv3_forward);
   m.impl("dcnv3_backward", &dcnv3_backward);
+}
+
+TORCH_LIBRARY_IMPL(dcnv3_harness, Autograd, m) {
+  m.impl("dcnv3_forward", &dcnv3_forward_autograd);
 }
