@@ -37,7 +37,9 @@ def build_directory() -> Path:
 
 
 def _native_flags() -> list[str]:
-    # aarch64 GCC spells "tune for this CPU" -mcpu=native.
+    # aarch64 GCC spells "tune for this CPU" -mcpu=native. On x86, GCC's default of
+    # 256-bit vectors on AVX-512 CPUs halved the set-up loop's width; the preference
+    # is ignored where AVX-512 is absent.
     if platform.machine() in ("aarch64", "arm64"):
         return ["-mcpu=native"]
     return ["-march=native", "-mprefer-vector-width=512"]
@@ -56,8 +58,9 @@ def build_error() -> str | None:
             sources=[str(SOURCE)],
             build_directory=str(directory),
             # -fno-trapping-math: torch never reads floating-point exception flags, and
-            # without it GCC keeps the per-point set-up loop scalar.
-            extra_cflags=["-O3", "-fopenmp", "-fno-trapping-math", *_native_flags()],
+            # without it GCC keeps the per-point set-up loop scalar. -funroll-loops: the
+            # forward's point loops ran 8-10% faster unrolled (InternImage-T, this machine).
+            extra_cflags=["-O3", "-fopenmp", "-fno-trapping-math", "-funroll-loops", *_native_flags()],
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
             verbose=False,
