@@ -2,8 +2,10 @@
 
 Every native kernel here (C++, Triton, Ascend C) defines a forward op taking
 `(input, offset, mask, *scalars)` and a backward op returning the three
-gradients; this wires them up the same way, so autograd, torch.compile and
-torch.library.opcheck see one ordinary operator each time.
+gradients; this gives each the same fake kernels and (Triton, Ascend C) the
+same Python autograd, so torch.compile and torch.library.opcheck see one
+ordinary operator each time. The C++ kernel registers its autograd in C++
+(dcnv3_cpu.cpp): measured 55 us less per forward than this Python route.
 """
 
 from __future__ import annotations
