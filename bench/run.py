@@ -156,6 +156,8 @@ def main(argv=None) -> int:
         "--bench-threads", str(args.threads),
         f"--benchmark-json={out / 'benchmark.json'}", "--benchmark-columns=min,median,max,rounds",
         "--benchmark-sort=name",
+        # As timeit does: a garbage collection landing in one repetition is noise, not the implementation's cost.
+        "--benchmark-disable-gc",
     ]
     for spec in args.impl_module:
         pytest_args += ["--impl-module", spec]

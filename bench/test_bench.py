@@ -31,6 +31,7 @@ def test_dcnv3(benchmark, available_bench_case, device, bench_settings):
     impl, shape, mode, dtype = available_bench_case
     clock = devices.Clock(device)
     flush = devices.cache_flusher(device)
+    devices.settle_heap(device)
 
     # The first call includes one-off work: torch.compile's compilation, say.
     clock.start()

@@ -51,6 +51,19 @@ def test_cpu_peak_memory_sees_each_region_even_when_memory_is_reused():
     assert small.bytes < 5e6
 
 
+def test_settled_cpu_heap_sets_both_of_glibcs_warmed_up_thresholds(monkeypatch):
+    calls = []
+    heap = devices._glibc_heap()
+    monkeypatch.setattr(heap, "_mallopt", lambda option, value: calls.append((option, value)))
+    devices.settle_heap(torch.device("cpu"))
+    # Setting the mmap threshold alone freezes the trim threshold at 128 KB;
+    # glibc's own warm-up sets it to twice the mmap threshold.
+    assert dict(calls) == {heap.M_TRIM_THRESHOLD: 64 * 2**20, heap.M_MMAP_THRESHOLD: 32 * 2**20}
+    calls.clear()
+    devices.settle_heap(torch.device("meta"))
+    assert calls == []
+
+
 def test_cpu_clock_measures_milliseconds():
     import time
 
