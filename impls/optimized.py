@@ -109,8 +109,9 @@ def _store_channels_last(planes, destination):
 SMALL = 2**19
 
 
-def _sum_of_products(left, right, dim: int):
-    """(left * right).sum(dim), broadcasting right.
+def _sum_of_products(left, right, dim: int, scratch: torch.Tensor | None = None):
+    """(left * right).sum(dim), broadcasting right; the product goes into `scratch`
+    (left's shape) where given, so that it adds nothing to the peak.
 
     Above SMALL, accumulated slice by slice into the result instead: the output's
     point sum (over P, dim 3) and the mask gradient's channel sum (over D, dim 2;
@@ -118,7 +119,7 @@ def _sum_of_products(left, right, dim: int):
     call over one contiguous [P, HoWo] block per group).
     """
     if left.numel() <= SMALL:
-        return (left * right).sum(dim)
+        return torch.mul(left, right, out=scratch).sum(dim)
     result = left.select(dim, 0) * right.select(dim, 0)
     for index in range(1, left.shape[dim]):
         result.addcmul_(left.select(dim, index), right.select(dim, index))
@@ -192,9 +193,9 @@ class _DCNv3GridSample(torch.autograd.Function):
             # [n, Ho, Wo, G*D] -> [n, G, D, 1, Ho*Wo], contiguous: every multiply below runs along Ho*Wo.
             upstream = _transposed(grad_output[part].reshape(images, out_h * out_w, channels))
             upstream = upstream.view(images, group, group_channels, 1, out_h * out_w)
-            _store_channels_last(_sum_of_products(sampled, upstream, dim=2), grad_mask[part])
-
             grad_sampled = grad_sampled_buffer[:images]
+            # grad_sampled's buffer holds the product first: it is overwritten just below.
+            _store_channels_last(_sum_of_products(sampled, upstream, dim=2, scratch=grad_sampled), grad_mask[part])
             torch.mul(upstream, weights[part], out=grad_sampled)
             grad_image, grad_grid[_group_slice(part, group)] = torch.ops.aten.grid_sampler_2d_backward(
                 grad_sampled.view(images * group, group_channels, points, out_h * out_w),
