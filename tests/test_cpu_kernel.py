@@ -39,7 +39,7 @@ def test_gradcheck_in_float64(name):
 
 
 def test_input_gradient_is_bitwise_reproducible():
-    """Backward runs one task per (image, group): no two threads add into one element."""
+    """Backward adds each fixed range of pixels into a buffer of its own, summed in order: no atomics."""
     params, tensors, grad_output = operands("colliding_input_gradient", torch.float32)
     first = torch.autograd.grad(kernel(*tensors, params), tensors[0], grad_output)[0]
     for _ in range(3):
@@ -80,3 +80,19 @@ def test_points_outside_the_image_read_nothing(dtype):
     gradients = torch.autograd.grad(output, tensors, torch.randn_like(output))
     for gradient in gradients:
         assert torch.equal(gradient, torch.zeros_like(gradient))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_an_image_without_a_finite_pixel_agrees_with_the_reference(dtype):
+    """Missing corners read a finite pixel with weight 0; with none in the image, an appended pixel of zeros."""
+    params = impls.DCNv3Params(1, 1, 1, 1, 0, 0, 1, 1, group=2, group_channels=16)
+    input = torch.randn(2, 3, 4, 32, dtype=dtype)
+    input[1, ..., 20] = float("inf")  # image 1: no pixel is finite in every channel
+    input[0, 0, 0, 3] = float("nan")  # image 0: pixel 0 is not finite either
+    offset = torch.rand(2, 3, 4, 4, dtype=dtype) - 0.5
+    offset[:, :, 2:] = -10.0  # half the points wholly outside the image
+    mask = torch.rand(2, 3, 4, 2, dtype=dtype)
+    output = kernel(input, offset, mask, params)
+    expected = impls.get("reference")(input, offset, mask, params)
+    assert torch.equal(output[:, :, 2:], torch.zeros_like(output[:, :, 2:]))
+    torch.testing.assert_close(output.float(), expected.float(), equal_nan=True, rtol=2**-7, atol=1e-2)
