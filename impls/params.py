@@ -61,6 +61,7 @@ class DCNv3Params:
             )
         # Built once: every native kernel call passes them (1.4 us to rebuild per call).
         object.__setattr__(self, "_scalars", tuple(getattr(self, field.name) for field in fields(self)))
+        object.__setattr__(self, "_layouts", {})
 
     def scalars(self) -> tuple:
         """The twelve values in InternImage's order, as custom operators take them."""
@@ -84,6 +85,20 @@ class DCNv3Params:
             for j in range(self.kernel_h)
             if not (self.remove_center and (i, j) == centre)
         ]
+
+    def layout(self, height: int, width: int) -> tuple[int, int, int, int] | None:
+        """(Ho, Wo, offset's last dimension, mask's last dimension), None for an empty output; cached."""
+        key = (height, width)
+        layout = self._layouts.get(key, False)
+        if layout is False:
+            try:
+                out_h, out_w = self.output_size(height, width)
+            except ValueError:
+                layout = None
+            else:
+                layout = (out_h, out_w, self.group * self.points * 2, self.group * self.points)
+            self._layouts[key] = layout
+        return layout
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """(Ho, Wo) for an input of height x width; ValueError when either is not positive."""
@@ -113,9 +128,47 @@ def validate(
 ) -> tuple[int, int]:
     """Check tensors against params per the contract; return (Ho, Wo).
 
-    Runs on every call of every implementation, so the passing path is a few
-    comparisons (InternImage-T's last stage takes tens of microseconds).
+    Runs on every call of every implementation (the native kernel takes
+    30 us on InternImage-T's last stage), so valid input is accepted by a
+    few comparisons in one expression; anything else goes through the
+    checks one by one, which name what is wrong.
     """
+    accepted = _accepted(input, offset, mask, params, dtypes)
+    if accepted is not None:
+        return accepted
+    return _check_one_by_one(input, offset, mask, params, dtypes, implementation)
+
+
+def _accepted(input, offset, mask, params, dtypes) -> tuple[int, int] | None:
+    """(Ho, Wo) when every check passes, else None (including when unsure): 1 us instead of 2."""
+    if not (
+        isinstance(params, DCNv3Params)
+        and isinstance(input, torch.Tensor)
+        and isinstance(offset, torch.Tensor)
+        and isinstance(mask, torch.Tensor)
+        and input.dim() == 4
+    ):
+        return None
+    dtype, device = input.dtype, input.device
+    if not (
+        offset.dtype == dtype
+        and mask.dtype == dtype
+        and (dtypes is None or dtype in dtypes)
+        and offset.device == device
+        and mask.device == device
+    ):
+        return None
+    batch, height, width, channels = input.shape
+    layout = params.layout(height, width)
+    if layout is None or channels != params.channels:
+        return None
+    out_h, out_w, offset_last, mask_last = layout
+    if offset.shape != (batch, out_h, out_w, offset_last) or mask.shape != (batch, out_h, out_w, mask_last):
+        return None
+    return out_h, out_w
+
+
+def _check_one_by_one(input, offset, mask, params, dtypes, implementation) -> tuple[int, int]:
     if not isinstance(params, DCNv3Params):
         raise ValueError(f"params must be a DCNv3Params, got {type(params).__name__}")
     tensors = {"input": input, "offset": offset, "mask": mask}

@@ -59,7 +59,7 @@ class Implementation:
             return f"{self.name} does not run on {device_type} (runs on {', '.join(self.device_types)})"
         reason = devices.unavailable_reason(device_type)
         if reason is None and self.requires is not None:
-            reason = self.requires(torch.device(device))
+            reason = self.requires(device if isinstance(device, torch.device) else torch.device(device))
         return reason
 
     def untimed_reason(self, device: torch.device | str) -> str | None:

@@ -45,15 +45,19 @@ def _native_flags() -> list[str]:
     return ["-march=native", "-mprefer-vector-width=512"]
 
 
+_extension = None
+
+
 @functools.lru_cache(maxsize=None)
 def build_error() -> str | None:
     """Build (or reuse) and load the extension once per process; the reason it failed, or None."""
     from torch.utils import cpp_extension
 
+    global _extension
     directory = build_directory()
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        cpp_extension.load(
+        _extension = cpp_extension.load(
             name=NAME,
             sources=[str(SOURCE)],
             build_directory=str(directory),
@@ -62,7 +66,7 @@ def build_error() -> str | None:
             # forward's point loops ran 8-10% faster unrolled (InternImage-T, this machine).
             extra_cflags=["-O3", "-fopenmp", "-fno-trapping-math", "-funroll-loops", *_native_flags()],
             extra_ldflags=["-fopenmp"],
-            is_python_module=False,
+            is_python_module=True,
             verbose=False,
         )
     except Exception as error:  # a compiler error, a missing compiler, a loader error
@@ -84,4 +88,6 @@ def _requires(device: torch.device) -> str | None:
 @register("cpu_kernel", device_types=("cpu",), requires=_requires, priority=20)
 def cpu_kernel(input, offset, mask, params):
     """Native C++ kernel: channels-last, at::parallel_for, race-free backward, float accumulation."""
-    return torch.ops.dcnv3_harness.dcnv3_forward(input, offset, mask, *params.scalars())
+    if torch.compiler.is_compiling():  # Dynamo traces torch.ops, not a pybind function
+        return torch.ops.dcnv3_harness.dcnv3_forward(input, offset, mask, *params.scalars())
+    return _extension.forward(input, offset, mask, *params.scalars())
