@@ -5,10 +5,11 @@ first use or ahead of time with `python -m impls.cpu_kernel`. A failed build
 makes this implementation unavailable with the compiler's message as the
 reason; it never breaks the other implementations or test collection.
 
-The C++ file defines `dcnv3_harness::dcnv3_forward` and `dcnv3_backward` and
-the forward's autograd kernel (in C++: cheaper per call than Python's); the
-fake-tensor (meta) kernels are registered here, so autograd, torch.compile and
-torch.library.opcheck all see one ordinary operator.
+The C++ file defines `dcnv3_harness::dcnv3_forward` and `dcnv3_backward`,
+the forward's autograd kernel (in C++: cheaper per call than Python's) and a
+pybind11 `forward` that makes the same dispatcher call for less per call than
+torch.ops; the fake-tensor (meta) kernels are registered here, so autograd,
+torch.compile and torch.library.opcheck all see one ordinary operator.
 """
 
 from __future__ import annotations

@@ -35,8 +35,6 @@ struct Geometry {
   int64_t stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w;
   int64_t centre_h, centre_w;
   double offset_scale;
-  // (i, j) of point p: x-major (i over kernel_w outer), centre skipped with remove_center.
-  std::vector<std::pair<int64_t, int64_t>> kernel_points;
   // Point p's position with zero offset, less the pixel's stride term:
   // x = wo * stride_w + base_x[p] + dx * offset_scale (likewise y).
   std::vector<double> base_x, base_y;
@@ -65,17 +63,17 @@ Geometry make_geometry(const at::Tensor& input, const at::Tensor& offset, int64_
   g.centre_h = (dilation_h * (kernel_h - 1)) / 2;
   g.centre_w = (dilation_w * (kernel_w - 1)) / 2;
   g.offset_scale = offset_scale;
+  g.base_x.reserve(kernel_h * kernel_w);
+  g.base_y.reserve(kernel_h * kernel_w);
+  // Point p is kernel position (i, j): x-major (i over kernel_w outer), centre skipped with remove_center.
   for (int64_t i = 0; i < kernel_w; ++i) {
     for (int64_t j = 0; j < kernel_h; ++j) {
       if (remove_center && i == kernel_w / 2 && j == kernel_h / 2) continue;
-      g.kernel_points.emplace_back(i, j);
+      g.base_x.push_back(double(g.centre_w - pad_w) + double(i * dilation_w - g.centre_w) * offset_scale);
+      g.base_y.push_back(double(g.centre_h - pad_h) + double(j * dilation_h - g.centre_h) * offset_scale);
     }
   }
-  g.points = static_cast<int64_t>(g.kernel_points.size());
-  for (const auto& [i, j] : g.kernel_points) {
-    g.base_x.push_back(double(g.centre_w - pad_w) + double(i * dilation_w - g.centre_w) * offset_scale);
-    g.base_y.push_back(double(g.centre_h - pad_h) + double(j * dilation_h - g.centre_h) * offset_scale);
-  }
+  g.points = static_cast<int64_t>(g.base_x.size());
   TORCH_CHECK(g.channels == group * group_channels, "dcnv3: input channels != group * group_channels");
   TORCH_CHECK(offset.size(3) == group * g.points * 2, "dcnv3: offset last dimension != group * P * 2");
   // One pixel more than the image: the forward may append a pixel of zeros (ForwardImages).
@@ -320,11 +318,12 @@ template <typename scalar_t>
 struct ForwardImages {
   std::vector<const scalar_t*> base;
   std::vector<int32_t> spare;
-  std::vector<std::vector<scalar_t>> copies;
+  std::vector<std::vector<scalar_t>> copies;  // growing moves each copy, whose buffer (in base) stays put
 
   ForwardImages(const Geometry& g, const scalar_t* input) {
     const int64_t pixels = g.height * g.width, size = pixels * g.channels;
-    copies.reserve(g.batch);
+    base.reserve(g.batch);
+    spare.reserve(g.batch);
     for (int64_t n = 0; n < g.batch; ++n) {
       const scalar_t* image = input + n * size;
       int64_t pixel = 0;
