@@ -329,8 +329,8 @@ struct ForwardImages {
       int64_t pixel = 0;
       while (pixel < pixels && !all_finite(image + pixel * g.channels, g.channels)) ++pixel;
       if (pixel == pixels) {
-        copies.emplace_back(image, image + size);
-        copies.back().resize(size + g.channels, scalar_t(0));
+        copies.emplace_back(size + g.channels, scalar_t(0));
+        std::copy_n(image, size, copies.back().begin());
         image = copies.back().data();
       }
       base.push_back(image);
@@ -354,10 +354,9 @@ void forward_kernel(const Geometry& g, const scalar_t* __restrict input, const s
     for (int64_t pixel = begin; pixel < end; ++pixel) {
       const int64_t n = pixel / (g.out_h * g.out_w);
       const int64_t ho = (pixel / g.out_w) % g.out_h, wo = pixel % g.out_w;
-      locate<false>(g, pos, acc_t(wo * g.stride_w), acc_t(ho * g.stride_h), offset + pixel * K * 2,
-                    mask + pixel * K, images.spare[n], static_cast<const scalar_t*>(nullptr),
-                    static_cast<const scalar_t*>(nullptr), static_cast<acc_t*>(nullptr),
-                    static_cast<acc_t*>(nullptr), s, pos.to_locate(pixel, pixels));
+      locate<false, scalar_t, acc_t>(g, pos, acc_t(wo * g.stride_w), acc_t(ho * g.stride_h), offset + pixel * K * 2,
+                                     mask + pixel * K, images.spare[n], nullptr, nullptr, nullptr, nullptr, s,
+                                     pos.to_locate(pixel, pixels));
       scalar_t* out_px = output + pixel * g.channels;
       const scalar_t* image = images.base[n];
       const auto sample = [&](int64_t k, int64_t lane) {
@@ -527,12 +526,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dcnv3_backward(
   return {grad_input, grad_offset, grad_mask};
 }
 
-// The forward operator as the dispatcher has it, to call past the Autograd key.
-const c10::TypedOperatorHandle<decltype(dcnv3_forward)>& forward_op() {
+// The forward operator through the dispatcher: from the Autograd kernel below
+// (past the Autograd key) and from Python (through every key).
+at::Tensor dispatch_forward(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& mask,
+                            int64_t kernel_h, int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h,
+                            int64_t pad_w, int64_t dilation_h, int64_t dilation_w, int64_t group,
+                            int64_t group_channels, double offset_scale, bool remove_center) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("dcnv3_harness::dcnv3_forward", "")
                              .typed<decltype(dcnv3_forward)>();
-  return op;
+  return op.call(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
+                 group, group_channels, offset_scale, remove_center);
 }
 
 // Autograd in C++ rather than torch.library.register_autograd: the Python
@@ -551,8 +555,8 @@ class DCNv3Function : public torch::autograd::Function<DCNv3Function> {
                                                    pad_w,      dilation_h, dilation_w, group, group_channels};
     ctx->saved_data["offset_scale"] = offset_scale;
     ctx->saved_data["remove_center"] = remove_center;
-    return forward_op().call(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
-                             dilation_w, group, group_channels, offset_scale, remove_center);
+    return dispatch_forward(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                            dilation_w, group, group_channels, offset_scale, remove_center);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -582,8 +586,8 @@ at::Tensor dcnv3_forward_autograd(const at::Tensor& input, const at::Tensor& off
   // (a few microseconds, measurable on InternImage-T's 7x7 stage).
   if (!at::GradMode::is_enabled() || !(input.requires_grad() || offset.requires_grad() || mask.requires_grad())) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return forward_op().call(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
-                             dilation_w, group, group_channels, offset_scale, remove_center);
+    return dispatch_forward(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
+                            dilation_w, group, group_channels, offset_scale, remove_center);
   }
   return DCNv3Function::apply(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
                               dilation_w, group, group_channels, offset_scale, remove_center);
@@ -616,11 +620,5 @@ TORCH_LIBRARY_IMPL(dcnv3_harness, Autograd, m) {
 // stage). It makes the same dispatcher call, so autograd and every other
 // dispatch key apply as through torch.ops.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", [](const at::Tensor& input, const at::Tensor& offset, const at::Tensor& mask, int64_t kernel_h,
-                      int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h, int64_t pad_w,
-                      int64_t dilation_h, int64_t dilation_w, int64_t group, int64_t group_channels,
-                      double offset_scale, bool remove_center) {
-    return forward_op().call(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,
-                             dilation_w, group, group_channels, offset_scale, remove_center);
-  });
+  m.def("forward", &dispatch_forward);
 }
