@@ -146,5 +146,8 @@ def impl(impl_dtype, device):
 
 
 @pytest.fixture
-def dtype(impl_dtype):
+def dtype(impl_dtype, device):
+    reason = devices.dtype_unavailable_reason(device, impl_dtype[1])
+    if reason is not None:
+        pytest.skip(reason)
     return impl_dtype[1]

@@ -1,15 +1,23 @@
-"""Sessions: tests, parity, parity-thorough, bench (best device), bench-cpu,
+"""Sessions: tests, npu-emulated, parity, parity-thorough, bench (best device), bench-cpu,
 bench-cuda, bench-npu, build-ascendc and report.
 
-Every session's virtualenv sees the interpreter's site-packages, so the host's
-own torch (and, on Ascend hosts, torch_npu with CANN) is the one used. Options
-after `--` pass through, e.g. `nox -s bench-cpu -- --suite quick`.
+Every session runs in the Python that runs nox (a venv, a conda env or a system
+Python alike), with the torch already there, and on Ascend hosts the torch_npu
+and CANN already there: a session installs only the harness's pure-Python needs
+into that interpreter and never installs or replaces torch. (A virtualenv per
+session, even with --system-site-packages, would see the base interpreter's
+packages instead of the venv's: nox run from a venv then found no torch.)
+Options after `--` pass through, e.g. `nox -s bench-cpu -- --suite quick`.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import sys
+import tempfile
 import time
+import venv
 from pathlib import Path
 
 import nox
@@ -19,107 +27,160 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
-nox.options.sessions = ["tests"]
-nox.options.reuse_existing_virtualenvs = True
-HOST_SITE = ["--system-site-packages"]
+nox.options.sessions = ["tests", "npu-emulated"]
+PYTHON = sys.executable
+ROOT = Path(__file__).parent
+EMULATED_NPU = ROOT / "tests" / "emulated_npu"
 HAS_TRITON = "import importlib.util as u; print(u.find_spec('triton') is not None)"
 BEST_DEVICE = "from impls.devices import best_device_type as b; print(b())"
+# The emulated NPU's runs: small, since they prove the NPU code paths run, not the numbers again.
+EMULATED_GATE = ["--impl", "grid_sample", "optimized", "npu_deform_conv", "triton", "DCNv3Function",
+                 "--impl-module", "stand_in_port:DCNv3Function", "--examples", "8"]
+EMULATED_BENCH = ["--suite", "quick", "--impl", "grid_sample", "optimized", "npu_deform_conv",
+                  "--seconds", "0.1", "--parity-examples", "4"]
 
 
-def install_harness(session: nox.Session) -> None:
-    session.install("-e", ".")
+def python(session: nox.Session, *args, **kwargs):
+    return session.run(PYTHON, *args, external=True, **kwargs)
 
 
-def install_harness_keeping_host_torch(session: nox.Session) -> None:
-    """The harness and its needs except torch: pip must never replace an Ascend host's torch."""
-    project = tomllib.loads(Path("pyproject.toml").read_text())["project"]
+def install_needs(session: nox.Session, *extra: str) -> None:
+    """The harness's dependencies except torch, into the interpreter running nox."""
+    if importlib.util.find_spec("torch") is None:  # nox runs in PYTHON: the same interpreter
+        session.error(f"nox runs under {PYTHON}, which cannot import torch: install torch there, "
+                      "or run `python -m nox` with the Python that has it")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     needs = [d for d in project["dependencies"] if not d.replace(" ", "").startswith("torch")]
-    session.install(*needs)
-    session.install("--no-deps", "-e", ".")
+    python(session, "-m", "pip", "install", "--quiet", *needs, *extra)
 
 
 def run_bench(session: nox.Session, device: str) -> None:
     """Parity gate, benchmark and report into reports/<device>-<timestamp>/."""
     # Device, versions, timing warnings and implementations; one sentence and exit 1 where the device is absent.
-    session.run("python", "-m", "bench.preflight", "--device", device)
+    python(session, "-m", "bench.preflight", "--device", device)
     out = f"reports/{device}-{time.strftime('%Y%m%d-%H%M%S')}"
-    session.run("python", "-m", "bench", "--device", device, "--out", out, *session.posargs)
-    session.run("python", "-m", "reports", out)
+    python(session, "-m", "bench", "--device", device, "--out", out, *session.posargs)
+    python(session, "-m", "reports", out)
 
 
 def install_triton_unless_present(session: nox.Session) -> None:
     """Community Triton for its CPU interpreter, only where no Triton is installed: a CUDA torch's
     pinned Triton, or triton-ascend (which shares the `triton` package name), must stay as it is."""
-    present = session.run("python", "-c", HAS_TRITON, silent=True).strip() == "True"
-    if not present:
-        session.install("triton==3.9.0")
+    if python(session, "-c", HAS_TRITON, silent=True).strip() != "True":
+        python(session, "-m", "pip", "install", "--quiet", "triton==3.9.0")
 
 
-@nox.session(venv_params=HOST_SITE)
+@nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
     """The CPU parity gate, then the test suite (hypothesis profile `ci` under CI=true, `dev` otherwise).
 
     The Triton kernel takes part through Triton's CPU interpreter."""
-    install_harness(session)
+    install_needs(session, "pytest-xdist")
     install_triton_unless_present(session)
     interpreter = {"TRITON_INTERPRET": "1"}
-    session.run("python", "-m", "parity", "--device", "cpu", env=interpreter)
-    session.run("python", "-m", "pytest", *session.posargs, env=interpreter)
+    python(session, "-m", "parity", "--device", "cpu", env=interpreter)
+    python(session, "-m", "pytest", "-n", "2", *session.posargs, env=interpreter)
 
 
-@nox.session(venv_params=HOST_SITE)
+def _venv_seeing(packages_of: str, where: Path) -> Path:
+    """A plain venv (no system site-packages) in which this interpreter's packages are importable, as
+    if installed into it: a user's venv holding torch and nox. Its own venvs would not see them."""
+    venv.create(where, with_pip=False)
+    site = next(where.glob("lib/python*/site-packages"))
+    (site / "host.pth").write_text(packages_of + "\n")
+    return where / "bin" / "python"
+
+
+@nox.session(name="npu-emulated", venv_backend="none")
+def npu_emulated(session: nox.Session) -> None:
+    """Every NPU line of the harness, run on the emulated NPU (tests/emulated_npu): the NPU tests, the
+    gate, preflight, the benchmark and its report, then `nox -s bench-npu` itself from a fresh venv, with
+    and without the emulation; then line coverage of the NPU branches, which must be complete."""
+    install_needs(session, "coverage>=7.10")
+    install_triton_unless_present(session)
+    work = Path(tempfile.mkdtemp(prefix="npu-emulated-"))
+    paths = os.pathsep.join([str(EMULATED_NPU), str(ROOT / "tests")])
+    emulated = {"PYTHONPATH": paths, "TRITON_INTERPRET": "1", "COVERAGE_RCFILE": str(ROOT / "pyproject.toml")}
+    measured = [PYTHON, "-m", "coverage", "run", "-m"]
+    python(session, "-m", "coverage", "erase", env=emulated)
+    session.run(*measured, "pytest", "-p", "no:cacheprovider", "tests/test_npu_emulated.py",
+                "--device", "npu", env=emulated, external=True)
+    session.run(*measured, "bench.preflight", "--device", "npu", env=emulated, external=True)
+    session.run(*measured, "parity", "--device", "npu", *EMULATED_GATE, "--out", str(work / "parity"),
+                env=emulated, external=True)
+    session.run(*measured, "bench", "--device", "npu", *EMULATED_BENCH, "--out", str(work / "bench"),
+                env=emulated, external=True)
+    session.run(*measured, "reports", str(work / "bench"), env=emulated, external=True)
+
+    import site
+
+    user_venv = _venv_seeing(site.getsitepackages()[0], work / "venv")
+    nox_in_venv = [str(user_venv), "-m", "nox", "-f", str(ROOT / "noxfile.py"), "-s", "bench-npu"]
+    session.run(*nox_in_venv, "--", *EMULATED_BENCH, env=emulated, external=True)
+    absent = session.run(*nox_in_venv, env={"PYTHONPATH": ""}, external=True, success_codes=[1], silent=True)
+    sentence = [line for line in absent.splitlines() if line.startswith("bench-npu: ")]
+    if len(sentence) != 1 or "no NPU" not in sentence[0]:
+        session.error(f"bench-npu without an NPU should stop with one sentence; it printed:\n{absent}")
+    session.log(sentence[0])
+
+    python(session, "-m", "coverage", "combine", env=emulated)
+    python(session, "-m", "coverage", "json", "-o", str(work / "coverage.json"), env=emulated)
+    python(session, "tests/npu_lines.py", str(work / "coverage.json"), env=emulated)
+
+
+@nox.session(venv_backend="none")
 def parity(session: nox.Session) -> None:
     """The parity gate on the best device present, into reports/parity-<timestamp>/."""
-    install_harness(session)
+    install_needs(session)
     out = f"reports/parity-{time.strftime('%Y%m%d-%H%M%S')}"
-    session.run("python", "-m", "parity", "--out", out, *session.posargs)
+    python(session, "-m", "parity", "--out", out, *session.posargs)
 
 
-@nox.session(name="parity-thorough", venv_params=HOST_SITE)
+@nox.session(name="parity-thorough", venv_backend="none")
 def parity_thorough(session: nox.Session) -> None:
     """The property tests with the `thorough` hypothesis profile (600 examples each): minutes, not CI."""
-    install_harness(session)
-    session.run("python", "-m", "pytest", "parity", *session.posargs, env={"HYPOTHESIS_PROFILE": "thorough"})
+    install_needs(session)
+    python(session, "-m", "pytest", "parity", *session.posargs, env={"HYPOTHESIS_PROFILE": "thorough"})
 
 
-@nox.session(name="bench-cpu", venv_params=HOST_SITE)
+@nox.session(name="bench-cpu", venv_backend="none")
 def bench_cpu(session: nox.Session) -> None:
-    install_harness(session)
+    install_needs(session)
     run_bench(session, "cpu")
 
 
-@nox.session(name="bench-cuda", venv_params=HOST_SITE)
+@nox.session(name="bench-cuda", venv_backend="none")
 def bench_cuda(session: nox.Session) -> None:
-    install_harness(session)
+    install_needs(session)
     run_bench(session, "cuda")
 
 
-@nox.session(name="bench-npu", venv_params=HOST_SITE)
+@nox.session(name="bench-npu", venv_backend="none")
 def bench_npu(session: nox.Session) -> None:
     """On the host's own torch + torch_npu + CANN: installs neither torch nor torch_npu."""
-    install_harness_keeping_host_torch(session)
+    install_needs(session)
     run_bench(session, "npu")
 
 
-@nox.session(name="build-ascendc", venv_params=HOST_SITE)
+@nox.session(name="build-ascendc", venv_backend="none")
 def build_ascendc(session: nox.Session) -> None:
     """Build the Ascend C kernel (CMake, CANN, torch_npu); names what is missing anywhere else."""
-    install_harness_keeping_host_torch(session)
-    session.run("python", "-m", "impls.ascendc", *session.posargs)
+    install_needs(session)
+    python(session, "-m", "impls.ascendc", *session.posargs)
 
 
-@nox.session(venv_params=HOST_SITE)
+@nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
     """The main job: parity gate, benchmark and report on the best device present (npu, cuda, cpu)."""
-    install_harness(session)
-    run_bench(session, session.run("python", "-c", BEST_DEVICE, silent=True).strip())
+    install_needs(session)
+    run_bench(session, python(session, "-c", BEST_DEVICE, silent=True).strip())
 
 
-@nox.session(venv_params=HOST_SITE)
+@nox.session(venv_backend="none")
 def report(session: nox.Session) -> None:
     """Rebuild reports: `nox -s report -- reports/cpu-2026... [--compare OLD_DIR]` (default: every run folder)."""
-    install_harness(session)
+    install_needs(session)
     runs = session.posargs or [str(p) for p in sorted(Path("reports").glob("*-*")) if (p / "results.csv").exists()]
     if not runs:
         session.error("no run folder with results.csv under reports/; run nox -s bench first")
-    session.run("python", "-m", "reports", *runs)
+    python(session, "-m", "reports", *runs)

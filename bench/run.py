@@ -30,7 +30,7 @@ from bench.cases import MODES
 from bench.shapes import SUITES
 from impls import devices, external
 from parity import gate
-from parity.thresholds import Thresholds
+from parity.thresholds import Thresholds, dtype_name
 
 BENCH_TESTS = Path(__file__).with_name("test_bench.py")
 # Columns that identify one timed case across implementations (the speedup join).
@@ -125,6 +125,8 @@ def main(argv=None) -> int:
         return 2
     untimed = {impl.name: impl.untimed_reason(device) for impl in chosen}
     skipped.update({name: reason for name, reason in untimed.items() if reason})
+    dtypes, unusable = gate.usable_dtypes([gate.DTYPES[name] for name in args.dtype], device)
+    skipped.update(unusable)
     chosen = [impl for impl in chosen if not untimed[impl.name]]
     base = impls.baseline()
     if base.name not in {impl.name for impl in chosen} and base.available(device):
@@ -134,7 +136,9 @@ def main(argv=None) -> int:
 
     out = args.out or Path("reports") / f"{device.type}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
-    dtypes = [gate.DTYPES[name] for name in args.dtype]
+    if not dtypes:
+        print(f"python -m bench: no dtype of {', '.join(args.dtype)} computes on {device}", file=sys.stderr)
+        return 2
     env = environment(device, args)
     for warning in env["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
@@ -163,8 +167,8 @@ def main(argv=None) -> int:
         pytest_args += ["--impl-module", spec]
     for impl in passing:
         pytest_args += ["--impl", impl.name]
-    for name in args.dtype:
-        pytest_args += ["--bench-dtype", name]
+    for dtype in dtypes:
+        pytest_args += ["--bench-dtype", dtype_name(dtype)]
     for mode in args.mode:
         pytest_args += ["--bench-mode", mode]
     # A separate process: pytest's plugins (hypothesis, benchmark) must load before the harness imports them.

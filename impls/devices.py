@@ -1,8 +1,16 @@
 """The one place that knows cpu, cuda and npu.
 
-torch_npu is imported here only, lazily and inside a try: installed without
-Ascend's CANN runtime it fails on import, and nothing else in the harness may
-break because of that.
+How torch_npu arrives. torch >= 2.5 imports every installed device backend
+during `import torch` (the `torch.backends` entry point that torch_npu
+declares), unless TORCH_DEVICE_BACKEND_AUTOLOAD=0. So on an Ascend host
+torch_npu is normally loaded before any line of the harness runs, and where it
+cannot load (CANN's set_env.sh not sourced) `import torch` itself raises
+"Failed to load the backend extension: torch_npu": no code after that import
+can catch it. `python -m bench.preflight` is the harness's one answer there:
+it imports torch with autoloading off and then torch_npu inside a try, so it
+can say what failed in one sentence. With torch < 2.5, or autoloading off,
+torch_npu loads here, lazily and inside a try (`torch_npu_import_error`).
+Nothing else in the harness imports torch_npu.
 """
 
 from __future__ import annotations
@@ -66,6 +74,32 @@ def unavailable_reason(device_type: str) -> str | None:
     return f"unknown device type {device_type!r} (known: {', '.join(DEVICE_TYPES)})"
 
 
+@functools.lru_cache(maxsize=None)
+def _stored_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:
+    return torch.zeros(1, device=device_type).to(dtype).dtype
+
+
+def dtype_unavailable_reason(device: torch.device | str, dtype: torch.dtype) -> str | None:
+    """Why tensors of dtype cannot be computed with on an available device, or None.
+
+    Asked of the device itself: torch_npu turns `.to(torch.float64)` into float32
+    with a warning (no float64 arithmetic), so a float64 run there would be a
+    float32 run under a float64 label.
+    """
+    device_type = type_of(device)
+    if device_type == "cpu":
+        return None
+    stored = _stored_dtype(device_type, dtype)
+    if stored != dtype:
+        return f"{device_type} has no {dtype} arithmetic: .to({dtype}) gives {stored} there"
+    return None
+
+
+def npu_vector_cores(device: torch.device) -> int | None:
+    """The NPU's vector core count, from torch_npu's device properties; None where it does not report one."""
+    return getattr(torch.npu.get_device_properties(device), "vector_core_num", None)
+
+
 def compile_unavailable_reason(device: torch.device | str) -> str | None:
     """Why torch.compile cannot build kernels for device here, or None."""
     return _compile_unavailable_reason(type_of(device))
@@ -89,11 +123,11 @@ def _compile_unavailable_reason(device_type: str) -> str | None:
 
 def compile_backend(device: torch.device):
     """torch.compile's backend for device: inductor, or torchair's NPU backend."""
-    if device.type != "npu":
-        return "inductor"
-    import torchair  # after torch_npu, which unavailable_reason("npu") has imported
+    if device.type == "npu":
+        import torchair  # after torch_npu, which unavailable_reason("npu") has imported
 
-    return torchair.get_npu_backend(compiler_config=torchair.CompilerConfig())
+        return torchair.get_npu_backend(compiler_config=torchair.CompilerConfig())
+    return "inductor"
 
 
 def best_device_type() -> str:

@@ -47,9 +47,9 @@ class Implementation:
     # Compiles a kernel for every new shape (seconds each): parity runs it on
     # the regression problems and a few drawn ones instead of a full sweep.
     compiles_per_shape: bool = False
-    # Device types where it runs only in an interpreter, for parity checks on
-    # small shapes: "auto" never picks it there and the benchmark does not time it.
-    parity_only_on: tuple[str, ...] = ()
+    # True while it runs in an interpreter (on any device), for parity checks on
+    # small shapes: "auto" never picks it then and the benchmark does not time it.
+    interpreted: Callable[[], bool] = field(default=lambda: False, repr=False)
     description: str = ""
 
     def unavailable_reason(self, device: torch.device | str) -> str | None:
@@ -64,9 +64,8 @@ class Implementation:
 
     def untimed_reason(self, device: torch.device | str) -> str | None:
         """Why the benchmark must not time it on device (unavailable, or only interpreted there), or None."""
-        device_type = devices.type_of(device)
-        if device_type in self.parity_only_on:
-            return f"{self.name} runs on {device_type} only in an interpreter: parity checks, not timed"
+        if self.interpreted():
+            return f"{self.name} runs in an interpreter here: parity checks, not timed"
         return self.unavailable_reason(device)
 
     def available(self, device: torch.device | str) -> bool:
@@ -96,7 +95,7 @@ def register(
     priority: int = 0,
     baseline: bool = False,
     compiles_per_shape: bool = False,
-    parity_only_on: Iterable[str] = (),
+    interpreted: Callable[[], bool] = lambda: False,
 ) -> Callable[[Kernel], Implementation]:
     """Decorator: register `fn(input, offset, mask, params)` as implementation `name`."""
 
@@ -110,7 +109,7 @@ def register(
             priority=priority,
             baseline=baseline,
             compiles_per_shape=compiles_per_shape,
-            parity_only_on=tuple(parity_only_on),
+            interpreted=interpreted,
             description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
         )
         add(impl)
@@ -187,7 +186,7 @@ def auto(device: torch.device, dtype: torch.dtype) -> Implementation:
     load_plugins()
     candidates = [
         impl for impl in _REGISTRY.values()
-        if impl.supports(dtype) and devices.type_of(device) not in impl.parity_only_on and impl.available(device)
+        if impl.supports(dtype) and not impl.interpreted() and impl.available(device)
     ]
     if not candidates:
         raise ValueError(f"input dtype {dtype} is not supported by any implementation available on {device}")

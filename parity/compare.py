@@ -37,7 +37,8 @@ def _run(impl, leaves, grad_output, problem):
         result["grad_offset"] = torch.where(comparable, grads[1], torch.zeros_like(grads[1]))
     else:
         del result["grad_offset"]
-    return {name: t.detach().to("cpu", torch.float64) for name, t in result.items()}
+    # To the host first: on an NPU a cast to float64 gives float32.
+    return {name: t.detach().cpu().to(torch.float64) for name, t in result.items()}
 
 
 def differences(actual: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:

@@ -81,6 +81,12 @@ def select_implementations(requested: list[str] | None, device: torch.device):
     return chosen, skipped
 
 
+def usable_dtypes(dtypes, device) -> tuple[list, dict[str, str]]:
+    """(the dtypes the device computes in, {dtype name: why not} for the others)."""
+    reasons = {dtype_name(d): devices.dtype_unavailable_reason(device, d) for d in dtypes}
+    return [d for d in dtypes if reasons[dtype_name(d)] is None], {n: r for n, r in reasons.items() if r}
+
+
 def run(implementations, dtypes, cases, device, thresholds: Thresholds, progress=None,
         compiled_examples: int | None = None) -> pd.DataFrame:
     """Rows for every implementation x dtype x case of `sweep()`; implementations that
@@ -187,7 +193,8 @@ def main(argv=None) -> int:
         print(f"python -m parity: {error}", file=sys.stderr)
         return 2
 
-    dtypes = [DTYPES[name] for name in args.dtype] if args.dtype else list(DTYPES.values())
+    dtypes, unusable = usable_dtypes([DTYPES[name] for name in args.dtype] if args.dtype else list(DTYPES.values()), device)
+    skipped.update(unusable)
     cases = sweep(args.examples, args.seed)
     started = time.perf_counter()
 

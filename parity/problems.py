@@ -84,7 +84,7 @@ class Problem:
         """
         p = self.params
         out_h, out_w = self.output_size
-        pairs = offset.detach().to("cpu", torch.float64).reshape(self.batch, out_h, out_w, p.group, p.points, 2)
+        pairs = offset.detach().cpu().to(torch.float64).reshape(self.batch, out_h, out_w, p.group, p.points, 2)
         base_y, base_x = self.base_positions()
         x = base_x + pairs[..., 0] * p.offset_scale
         y = base_y + pairs[..., 1] * p.offset_scale

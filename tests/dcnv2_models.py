@@ -47,10 +47,11 @@ def modulated_deform_conv(input, dx, dy, mask, weight, stride, padding, dilation
     _, deformable_groups, points, out_h, out_w = dx.shape
     out_channels, group_in, kernel_h, kernel_w = weight.shape
     assert points == kernel_h * kernel_w, "offset holds one pair per kernel position"
-    j = torch.arange(kernel_h, dtype=dx.dtype).repeat_interleave(kernel_w)
-    i = torch.arange(kernel_w, dtype=dx.dtype).repeat(kernel_h)
-    ho = torch.arange(out_h, dtype=dx.dtype) * stride[0] - padding[0]
-    wo = torch.arange(out_w, dtype=dx.dtype) * stride[1] - padding[1]
+    on = dict(dtype=dx.dtype, device=dx.device)
+    j = torch.arange(kernel_h, **on).repeat_interleave(kernel_w)
+    i = torch.arange(kernel_w, **on).repeat(kernel_h)
+    ho = torch.arange(out_h, **on) * stride[0] - padding[0]
+    wo = torch.arange(out_w, **on) * stride[1] - padding[1]
     y = ho[None, :, None] + (j * dilation[0])[:, None, None] + dy
     x = wo[None, None, :] + (i * dilation[1])[:, None, None] + dx
     image = input.reshape(batch, deformable_groups, channels // deformable_groups, height, width)

@@ -31,12 +31,21 @@ def test_auto_resolves_to_the_best_present():
 
 
 def test_torch_npu_is_not_imported_by_the_harness():
+    """With torch's own autoloading off (which on an Ascend host imports torch_npu during
+    `import torch`), nothing in the harness imports it until the npu device is asked about."""
+    import os
     import subprocess
     import sys
 
-    code = "import impls, parity.gate, sys; print('torch_npu' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    code = "import impls, parity.gate, bench.run, sys; print('torch_npu' in sys.modules)"
+    environment = {**os.environ, "TORCH_DEVICE_BACKEND_AUTOLOAD": "0"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=environment)
     assert result.stdout.strip() == "False"
+
+
+def test_every_dtype_computes_on_cpu():
+    assert all(devices.dtype_unavailable_reason("cpu", dtype) is None
+               for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16))
 
 
 def test_cpu_peak_memory_sees_each_region_even_when_memory_is_reused():

@@ -24,3 +24,16 @@ def test_a_present_device_reports_versions_warnings_and_implementations(capsys, 
     assert "warning: ASCEND_LAUNCH_BLOCKING=1 serialises operator launches" in out
     assert "  grid_sample: runs" in out
     assert "  npu_deform_conv: npu_deform_conv does not run on cpu" in out
+
+
+@pytest.mark.parametrize("device, fix", [("npu", "install torch_npu >= 2.4 with its matching torch"),
+                                         ("cpu", "install torch >= 2.4")])
+def test_a_torch_older_than_the_floor_stops_with_one_sentence_before_the_harness_loads(capsys, monkeypatch, device, fix):
+    monkeypatch.setattr(preflight.torch, "__version__", "2.3.1+cpu")
+    assert preflight.main(["--device", device]) == 1
+    err = capsys.readouterr().err
+    assert err == f"bench-{device}: torch 2.3.1+cpu is older than the 2.4 this harness needs; {fix}\n"
+
+
+def test_the_floor_accepts_the_versions_ascend_hosts_run():
+    assert all(preflight.torch_too_old(version, "npu") is None for version in ("2.4.0", "2.7.1", "2.10.0+cpu", "3.0.0"))

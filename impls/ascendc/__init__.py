@@ -42,8 +42,10 @@ def load_error() -> str | None:
 
 
 def _plan(offset: torch.Tensor, scalars, backward: bool) -> tiling.Plan:
+    """The tiling for the NPU the tensors are on: its own vector core count, else the 910B3's."""
     batch, out_h, out_w, _ = offset.shape
-    return tiling.plan(batch, out_h, out_w, DCNv3Params(*scalars), backward=backward)
+    cores = devices.npu_vector_cores(offset.device) or tiling.VECTOR_CORES
+    return tiling.plan(batch, out_h, out_w, DCNv3Params(*scalars), backward=backward, vector_cores=cores)
 
 
 def _gradients(grad_output, input, offset, mask, scalars):

@@ -1,14 +1,17 @@
 """Build the Ascend C kernel with CMake: `python -m impls.ascendc` (what `nox -s build-ascendc` runs).
 
 Needs an Ascend host: CMake, CANN's environment (`source <CANN>/set_env.sh`,
-which sets ASCEND_HOME_PATH and provides find_package(ASC)) and torch_npu.
-Anywhere else it names what is missing in one sentence and exits 1.
+which sets ASCEND_HOME_PATH), a CANN recent enough for asc-devkit's
+torch_library example that CMakeLists.txt follows, the asc-config.cmake that
+find_package(ASC) loads, and torch_npu. Anywhere else it names what is missing
+in one sentence and exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,14 +21,45 @@ from impls import devices
 from impls.ascendc import DEFAULT_LIBRARY
 
 SOURCE = Path(__file__).parent
+# asc-devkit's torch_library example supports Atlas A2/A3 from CANN 9.1.0 (its README's table).
+CANN_FLOOR = (9, 1, 0)
+# Where CANN installs the config that find_package(ASC) reads (asc-devkit's package layout).
+ASC_CONFIG_DIRS = ("lib64/cmake", "compiler/tikcpp/ascendc_kernel_cmake")
+
+
+def cann_version(home: Path) -> tuple[int, ...] | None:
+    """CANN's compiler version from <ASCEND_HOME_PATH>/compiler/version.info (`Version=9.1.0`), or None."""
+    try:
+        text = (home / "compiler" / "version.info").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^Version=(\d+)\.(\d+)(?:\.(\d+))?", text, re.MULTILINE)
+    return None if match is None else tuple(int(part or 0) for part in match.groups())
+
+
+def _cann_needs(home: Path) -> list[str]:
+    floor = ".".join(map(str, CANN_FLOOR))
+    version = cann_version(home)
+    needs = []
+    if version is None:
+        needs.append(f"CANN >= {floor} (no version in {home / 'compiler' / 'version.info'})")
+    elif version < CANN_FLOOR:
+        needs.append(f"CANN >= {floor} (found {'.'.join(map(str, version))})")
+    prefixes = [home / d for d in ASC_CONFIG_DIRS] + [Path(p) for p in os.environ.get("CMAKE_PREFIX_PATH", "").split(os.pathsep) if p]
+    if not any((prefix / "asc-config.cmake").is_file() for prefix in prefixes):
+        needs.append(f"asc-config.cmake for find_package(ASC) (looked in {', '.join(str(p) for p in prefixes)})")
+    return needs
 
 
 def missing() -> list[str]:
     needs = []
     if shutil.which("cmake") is None:
         needs.append("cmake on PATH")
-    if not os.environ.get("ASCEND_HOME_PATH"):
+    home = os.environ.get("ASCEND_HOME_PATH")
+    if not home:
         needs.append("CANN's environment (ASCEND_HOME_PATH is unset; source <CANN>/set_env.sh)")
+    else:
+        needs += _cann_needs(Path(home))
     error = devices.torch_npu_import_error()
     if error is not None:
         needs.append(error)

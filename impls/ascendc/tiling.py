@@ -21,7 +21,8 @@ import numpy as np
 
 from impls.params import DCNv3Params
 
-# Ascend 910B3: 192 KB unified buffer per vector core, 40 vector cores.
+# Ascend 910B3: 192 KB unified buffer per vector core, 40 vector cores (the plan CI tests;
+# on a device the loader passes the core count torch_npu reports).
 UB_BYTES = 192 * 1024
 VECTOR_CORES = 40
 # UB buffers and every burst of a DataCopyPad land on 32-byte boundaries.

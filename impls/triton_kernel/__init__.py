@@ -3,10 +3,13 @@
 Where it runs:
 - cuda, when Triton imports (it ships with PyTorch's CUDA wheels);
 - npu, when triton-ascend (Huawei's Triton backend, `pip install triton-ascend`
-  on a host with CANN and torch_npu) is installed; never run by this project;
+  on a host with CANN and torch_npu) is installed and its driver sees the NPU;
+  never run on a real NPU by this project (CI runs it on the emulated NPU,
+  through the interpreter, with a stand-in for triton-ascend's driver);
 - cpu, only under Triton's interpreter (`TRITON_INTERPRET=1`, set before the
-  first use): slow, for parity checks on small shapes in CI, never picked by
-  `impl="auto"` nor timed by the benchmark.
+  first use).
+Under the interpreter, on any device, it is slow and for parity checks on
+small shapes: never picked by `impl="auto"` nor timed by the benchmark.
 
 Triton is imported lazily, on the first availability check, so a missing or
 broken Triton makes this implementation unavailable with its error and
@@ -60,7 +63,7 @@ def unavailable_reason(device: torch.device) -> Optional[str]:
     kernels = _kernels()
     if isinstance(kernels, str):
         return kernels
-    if device.type == "npu" and not interpreted():
+    if device.type == "npu":
         return _ascend_backend_reason()
     return None
 
@@ -98,7 +101,7 @@ operators.register_backward(
 
 @register(
     "triton", dtypes=(torch.float32, torch.float16, torch.bfloat16), device_types=("cuda", "npu", "cpu"),
-    requires=unavailable_reason, priority=30, parity_only_on=("cpu",),
+    requires=unavailable_reason, priority=30, interpreted=interpreted,
 )
 def triton_kernel(input, offset, mask, params):
     """Triton kernels: a program per pixel block and group, float32 accumulation, atomic input gradient."""

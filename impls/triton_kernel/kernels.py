@@ -33,10 +33,14 @@ from impls.triton_kernel import interpreted
 
 @triton.jit
 def _tile_coordinates(tile, pixels, out_h, out_w, GROUP: tl.constexpr, BLOCK_PIXELS: tl.constexpr):
-    """(group, flat output pixel, n, ho, wo, in range) of a tile; pixel indices in int64."""
+    """(group, flat output pixel, n, ho, wo, in range) of a tile; pixel indices in int64.
+
+    A tail tile's pixels past the end are clamped to the last one and masked out by
+    `in_range`: every address stays inside its tensor (see _corner)."""
     group = tile % GROUP
     pixel = (tile // GROUP) * BLOCK_PIXELS + tl.arange(0, BLOCK_PIXELS).to(tl.int64)
     in_range = pixel < pixels
+    pixel = tl.minimum(pixel, pixels - 1)
     wo = pixel % out_w
     ho = (pixel // out_w) % out_h
     n = pixel // (out_w * out_h)
@@ -80,7 +84,15 @@ def _sampling_point(
 
 @triton.jit
 def _corner(row, col, inside, height, width):
-    return inside & (row >= 0) & (row < height) & (col >= 0) & (col < width)
+    """(corner in the image, row and col clamped into it).
+
+    triton-ascend issues every load of a data-dependent masked access and selects
+    afterwards, and turns a masked atomic add into an unmasked add of the selected
+    value (its DiscreteMaskAccessConversionPass; triton-lang/triton-ascend#2332),
+    so an address is formed only from a clamped corner, whose weight is then 0.
+    """
+    ok = inside & (row >= 0) & (row < height) & (col >= 0) & (col < width)
+    return ok, tl.minimum(tl.maximum(row, 0), height - 1), tl.minimum(tl.maximum(col, 0), width - 1)
 
 
 @triton.jit
@@ -110,13 +122,13 @@ def dcnv3_forward_kernel(
                 col = x0 + corner % 2
                 fy = ly if corner // 2 == 1 else 1.0 - ly
                 fx = lx if corner % 2 == 1 else 1.0 - lx
-                ok = _corner(row, col, inside, height, width)
+                ok, row, col = _corner(row, col, inside, height, width)
                 address = image + (row * width + col) * CHANNELS
                 value = tl.load(
                     input_ptr + address[:, None] + channel[None, :],
                     mask=ok[:, None] & channel_ok[None, :], other=0.0,
                 ).to(tl.float32)
-                acc += (weight * fy * fx)[:, None] * value
+                acc += tl.where(ok, weight * fy * fx, 0.0)[:, None] * value
         out = pixel[:, None] * CHANNELS + group * GROUP_CHANNELS + channel[None, :]
         tl.store(output_ptr + out, acc.to(output_ptr.dtype.element_ty),
                  mask=in_range[:, None] & channel_ok[None, :])
@@ -155,11 +167,11 @@ def dcnv3_backward_kernel(
                 row = y0 + corner // 2
                 col = x0 + corner % 2
                 # Weight (1-ly or ly) * (1-lx or lx) and its derivatives in y and x.
-                fy = ly if corner // 2 == 1 else 1.0 - ly
-                fx = lx if corner % 2 == 1 else 1.0 - lx
+                ok, row, col = _corner(row, col, inside, height, width)
+                fy = tl.where(ok, ly if corner // 2 == 1 else 1.0 - ly, 0.0)
+                fx = tl.where(ok, lx if corner % 2 == 1 else 1.0 - lx, 0.0)
                 sign_y = 1.0 if corner // 2 == 1 else -1.0
                 sign_x = 1.0 if corner % 2 == 1 else -1.0
-                ok = _corner(row, col, inside, height, width)
                 address = image + (row * width + col) * CHANNELS
                 lanes = ok[:, None] & channel_ok[None, :]
                 pixel_value = tl.load(input_ptr + address[:, None] + channel[None, :], mask=lanes, other=0.0)
@@ -169,7 +181,7 @@ def dcnv3_backward_kernel(
                 d_value_dx += (sign_x * fy)[:, None] * pixel_value
                 tl.atomic_add(
                     grad_input_ptr + address[:, None] + channel[None, :],
-                    (weight * fy * fx)[:, None] * upstream, mask=lanes,
+                    tl.where(lanes, (weight * fy * fx)[:, None] * upstream, 0.0), mask=lanes,
                 )
             scaled = offset_scale * weight
             tl.store(grad_mask_ptr + point, tl.sum(upstream * value, axis=1).to(grad_mask_ptr.dtype.element_ty),

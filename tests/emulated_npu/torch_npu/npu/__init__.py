@@ -1,0 +1,162 @@
+"""torch.npu as the emulation provides it (torch_npu registers its `torch_npu.npu` as torch.npu).
+
+Only what the harness calls, with torch_npu's names and signatures: availability and counts,
+synchronisation, timing events, the caching allocator's statistics, the device's name and
+properties (910B3: 20 cube cores, 40 vector cores), and the HF32 switch for convolutions.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import weakref
+from types import SimpleNamespace
+
+from torch_npu.npu import utils  # noqa: F401  (torch_npu.npu.utils.get_cann_version)
+
+DEVICE_NAME = "Ascend910B3"
+DEVICES = int(os.environ.get("EMULATED_NPU_DEVICES", "1"))
+
+
+class _Conv:
+    """`torch.npu.conv.allow_hf32`: True by default, as torch_npu documents."""
+
+    allow_hf32 = True
+
+
+conv = _Conv()
+
+
+def is_available() -> bool:
+    return True
+
+
+def is_initialized() -> bool:
+    return True
+
+
+def _is_in_bad_fork() -> bool:
+    return False
+
+
+def device_count() -> int:
+    return DEVICES
+
+
+def current_device() -> int:
+    return 0
+
+
+def set_device(device) -> None:
+    if _index(device) != 0:
+        raise RuntimeError(f"the emulated NPU has one device; asked for {device}")
+
+
+def manual_seed_all(seed: int) -> None:
+    """CPU data: torch.manual_seed's CPU generator already covers it."""
+
+
+def _index(device) -> int:
+    if device is None:
+        return 0
+    if isinstance(device, int):
+        return device
+    index = getattr(device, "index", None)
+    if index is None and isinstance(device, str):
+        index = int(device.split(":")[1]) if ":" in device else 0
+    return index or 0
+
+
+def _check(device) -> int:
+    index = _index(device)
+    if not 0 <= index < DEVICES:
+        raise AssertionError("Invalid device id")
+    return index
+
+
+def synchronize(device=None) -> None:
+    """Work on the emulated device is done when the call returns."""
+    _check(device)
+
+
+def get_device_name(device=None) -> str:
+    _check(device)
+    return DEVICE_NAME
+
+
+def get_device_properties(device=None):
+    _check(device)
+    return SimpleNamespace(name=DEVICE_NAME, total_memory=64 * 2**30, cube_core_num=20, vector_core_num=40,
+                           L2_cache_size=192 * 2**20)
+
+
+class Event:
+    """torch.npu.Event(enable_timing=True): record(), synchronize(), elapsed_time(end) in ms."""
+
+    def __init__(self, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False):
+        self._enable_timing = enable_timing
+        self._time = None
+
+    def record(self, stream=None) -> None:
+        self._time = time.perf_counter()
+
+    def synchronize(self) -> None:
+        if self._time is None:
+            raise RuntimeError("the event was never recorded")
+
+    def query(self) -> bool:
+        return self._time is not None
+
+    def elapsed_time(self, end: "Event") -> float:
+        if not (self._enable_timing and end._enable_timing):
+            raise RuntimeError("Both events must be created with argument 'enable_timing=True'.")
+        if self._time is None or end._time is None:
+            raise RuntimeError("Both events must be recorded before calculating elapsed time.")
+        return (end._time - self._time) * 1e3
+
+
+class _Memory:
+    """Bytes of live npu storages, counted once per storage however many tensors view it."""
+
+    def __init__(self):
+        self.allocated = 0
+        self.peak = 0
+        self._views: dict[int, list] = {}
+
+    def track(self, wrapper, cpu) -> None:
+        storage = cpu.untyped_storage()
+        address, size = storage.data_ptr(), storage.nbytes()
+        if size == 0:
+            return
+        entry = self._views.get(address)
+        if entry is None:
+            entry = self._views[address] = [0, size]
+            self.allocated += size
+            self.peak = max(self.peak, self.allocated)
+        entry[0] += 1
+        weakref.finalize(wrapper, self._release, address)
+
+    def _release(self, address: int) -> None:
+        entry = self._views[address]
+        entry[0] -= 1
+        if entry[0] == 0:
+            del self._views[address]
+            self.allocated -= entry[1]
+
+
+_memory = _Memory()
+
+
+def memory_allocated(device=None) -> int:
+    _check(device)
+    return _memory.allocated
+
+
+def max_memory_allocated(device=None) -> int:
+    _check(device)
+    return _memory.peak
+
+
+def reset_peak_memory_stats(device=None) -> None:
+    _check(device)
+    _memory.peak = _memory.allocated

@@ -1,0 +1,87 @@
+"""Every NPU line of the harness ran: `python tests/npu_lines.py coverage.json` (nox -s npu-emulated).
+
+An NPU line is one inside the harness's NPU code: a file that is NPU-only, a function whose
+body is NPU-only, or the branch of an `if` whose test compares against "npu" (`x == "npu"`,
+`x.type == "npu"`, `"npu" in x`), the true branch for ==/in and the false one for !=.
+Reads coverage.py's JSON report of the emulated runs, prints the share of NPU lines executed
+(and of all lines in the files that hold them) and exits 1 naming any NPU line that never ran.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NPU_FILES = ["impls/npu_deform_conv.py", "bench/preflight.py"]
+# Functions that only an NPU reaches, in files that serve every device.
+NPU_FUNCTIONS = {
+    "impls/devices.py": ["torch_npu_import_error", "npu_vector_cores", "dtype_unavailable_reason"],
+    "impls/triton_kernel/__init__.py": ["_ascend_backend_reason"],
+    "impls/ascendc/__init__.py": ["_plan"],
+}
+# Files whose `if ... "npu"` branches are NPU lines.
+BRANCH_FILES = ["impls/devices.py", "impls/triton_kernel/kernels.py", "impls/triton_kernel/__init__.py",
+                "impls/compiled.py", "impls/optimized.py", "bench/run.py", "bench/test_bench.py",
+                "bench/traffic.py", "parity/gate.py"]
+
+
+def _mentions_npu(test: ast.expr) -> str | None:
+    """'==' or '!=' when the test compares something with "npu", else None."""
+    for node in ast.walk(test):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            if any(isinstance(o, ast.Constant) and o.value == "npu" for o in operands):
+                return "!=" if any(isinstance(op, (ast.NotEq, ast.NotIn)) for op in node.ops) else "=="
+    return None
+
+
+def _lines(statements) -> set[int]:
+    lines = set()
+    for statement in statements:
+        lines.update(range(statement.lineno, statement.end_lineno + 1))
+    return lines
+
+
+def npu_lines(path: str) -> set[int]:
+    tree = ast.parse((ROOT / path).read_text())
+    if path in NPU_FILES:
+        return _lines(tree.body)
+    lines = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in NPU_FUNCTIONS.get(path, ()):
+            lines |= _lines(node.body)
+        if path in BRANCH_FILES and isinstance(node, (ast.If, ast.IfExp)):
+            kind = _mentions_npu(node.test)
+            branch = node.body if kind == "==" else node.orelse if kind == "!=" else None
+            if branch:
+                lines |= _lines(branch if isinstance(branch, list) else [branch])
+    return lines
+
+
+def main(report_path: str) -> int:
+    files = json.loads(Path(report_path).read_text())["files"]
+    wanted = sorted(set(NPU_FILES) | set(NPU_FUNCTIONS) | set(BRANCH_FILES))
+    npu_total = npu_run = file_total = file_run = 0
+    missed = []
+    for path in wanted:
+        record = files.get(path, {"executed_lines": [], "missing_lines": []})
+        executed = set(record["executed_lines"])
+        statements = executed | set(record["missing_lines"])
+        npu = npu_lines(path) & statements
+        npu_total, npu_run = npu_total + len(npu), npu_run + len(npu & executed)
+        file_total, file_run = file_total + len(statements), file_run + len(executed)
+        missed += [f"{path}:{line}" for line in sorted(npu - executed)]
+    print(f"NPU lines executed on the emulated NPU: {npu_run} of {npu_total} "
+          f"({100 * npu_run / max(npu_total, 1):.1f}%); all lines of their {len(wanted)} files: "
+          f"{file_run} of {file_total} ({100 * file_run / max(file_total, 1):.1f}%)")
+    if missed:
+        print("never executed: " + ", ".join(missed))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,232 @@
+"""The harness's NPU code on the emulated NPU (tests/emulated_npu), and the emulation's own behaviour.
+
+`nox -s npu-emulated` runs this file with the emulation on PYTHONPATH and `--device npu`; without an
+NPU, emulated or real, every test here skips saying so. On a real Ascend host they run against it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import impls
+from impls import dcnv2_mapping, devices
+from impls.registry import Implementation
+from parity import compare, gate
+from parity.regressions import REGRESSIONS
+from parity.thresholds import Thresholds
+
+ROOT = Path(__file__).resolve().parent.parent
+EMULATION = ROOT / "tests" / "emulated_npu"
+EMULATED = "torch_npu" in sys.modules and getattr(sys.modules["torch_npu"], "__version__", "").endswith("+emulated")
+
+pytestmark = pytest.mark.skipif(
+    devices.unavailable_reason("npu") is not None,
+    reason="needs an NPU: nox -s npu-emulated runs these on the emulated one",
+)
+emulation_only = pytest.mark.skipif(not EMULATED, reason="checks the emulation itself")
+NPU = torch.device("npu")
+
+
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(EMULATION), **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=environment)
+
+
+@emulation_only
+def test_views_share_storage_and_keep_their_layout():
+    base = torch.arange(12.0).reshape(3, 4).to(NPU)
+    column = base.t()[1:3]
+    assert column.device.type == "npu" and column.stride() == (1, 4) and not column.is_contiguous()
+    column.mul_(10)
+    expected = torch.arange(12.0).reshape(3, 4)
+    expected[:, 1:3] *= 10
+    torch.testing.assert_close(base.cpu(), expected)
+
+
+@emulation_only
+def test_in_place_and_out_return_the_tensor_written():
+    tensor = torch.ones(4, device=NPU)
+    assert tensor.add_(1) is tensor
+    out = torch.empty(4, device=NPU)
+    assert torch.mul(tensor, 3, out=out) is out
+    assert out.cpu().tolist() == [6.0] * 4
+
+
+@emulation_only
+def test_grad_accumulates_on_the_device():
+    weight = torch.full((2,), 2.0, device=NPU, requires_grad=True)
+    for _ in range(2):
+        (weight * weight).sum().backward()
+    assert weight.grad.device.type == "npu" and weight.grad.cpu().tolist() == [8.0, 8.0]
+
+
+@emulation_only
+def test_custom_ops_see_npu_tensors():
+    seen = []
+
+    @torch.library.custom_op("emulated_npu_test::double", mutates_args=())
+    def double(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.device.type)
+        return x * 2
+
+    assert double(torch.ones(3, device=NPU)).cpu().tolist() == [2.0] * 3
+    assert seen == ["npu"]
+
+
+@emulation_only
+def test_a_cpu_tensor_in_an_npu_operator_is_an_error_as_on_a_device():
+    with pytest.raises(RuntimeError, match="same device"):
+        torch.ones(3, device=NPU) + torch.ones(3)
+    assert (torch.ones(3, device=NPU) + torch.tensor(1.0)).device.type == "npu"
+
+
+@emulation_only
+def test_float64_casts_give_float32_as_torch_npu_does():
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        assert torch.ones(2, device=NPU).to(torch.float64).dtype == torch.float32
+
+
+def test_the_gate_does_not_run_float64_where_the_device_casts_it_away():
+    usable, skipped = gate.usable_dtypes([torch.float64, torch.float32], NPU)
+    if devices.dtype_unavailable_reason(NPU, torch.float64) is None:
+        pytest.skip("this NPU computes in float64")
+    assert usable == [torch.float32]
+    assert skipped == {"float64": "npu has no torch.float64 arithmetic: .to(torch.float64) gives torch.float32 there"}
+
+
+def _npu_deform_conv_with_hf32_left_on() -> Implementation:
+    """npu_deform_conv as it was before the fix: torch_npu's kernel with the caller's HF32 setting."""
+    import torch_npu
+
+    def call(input, offset, mask, params):
+        arguments = dcnv2_mapping.npu_arguments(input, offset, mask, params)
+        arguments["input"] = arguments["input"].contiguous()
+        return dcnv2_mapping.from_nchw(torch_npu.npu_deformable_conv2d(*arguments.values())[0])
+
+    return Implementation(name="npu_deform_conv", fn=call, dtypes=frozenset({torch.float32}), device_types=("npu",))
+
+
+def _gate_rows(implementation) -> "gate.pd.DataFrame":
+    cases = [REGRESSIONS["padding_order"], REGRESSIONS["declared_dtypes_nonsquare"]]
+    return gate.run([implementation], [torch.float32], cases, NPU, Thresholds.load())
+
+
+def test_hf32_left_on_fails_the_float32_gate_and_npu_deform_conv_turns_it_off():
+    torch.npu.conv.allow_hf32 = True  # torch_npu's default
+    assert not _gate_rows(_npu_deform_conv_with_hf32_left_on())["pass"].all()
+    rows = _gate_rows(impls.get("npu_deform_conv"))
+    assert rows["pass"].all(), rows[["quantity", "max_abs_diff", "threshold"]]
+
+
+@pytest.mark.parametrize("callers_setting", [True, False])
+def test_npu_deform_conv_gives_the_callers_hf32_setting_back(callers_setting):
+    torch.npu.conv.allow_hf32 = callers_setting
+    problem = REGRESSIONS["padding_order"]
+    seen = []
+    original = torch.nn.functional.conv2d
+
+    def spy(*args, **kwargs):
+        seen.append(torch.npu.conv.allow_hf32)
+        return original(*args, **kwargs)
+
+    torch.nn.functional.conv2d = spy
+    try:
+        compare.evaluate(impls.get("npu_deform_conv"), problem, torch.float32, NPU)
+    finally:
+        torch.nn.functional.conv2d = original
+        settings_after = torch.npu.conv.allow_hf32
+        torch.npu.conv.allow_hf32 = True
+    assert settings_after is callers_setting
+    if EMULATED:
+        assert seen and not any(seen)
+
+
+def test_npu_deform_conv_compiles_per_shape():
+    assert impls.get("npu_deform_conv").compiles_per_shape
+
+
+def test_the_triton_kernel_matches_the_reference_on_the_npu():
+    triton = impls.get("triton")
+    if triton.unavailable_reason(NPU) is not None:
+        pytest.skip(triton.unavailable_reason(NPU))
+    for name in ("padding_order", "declared_dtypes_nonsquare"):
+        compare.assert_matches_reference(triton, REGRESSIONS[name], torch.float32, NPU)
+
+
+def test_the_triton_launch_uses_one_program_per_vector_core(monkeypatch):
+    triton = impls.get("triton")
+    if triton.unavailable_reason(NPU) is not None:
+        pytest.skip(triton.unavailable_reason(NPU))
+    from impls.triton_kernel import kernels
+
+    cores = kernels.triton.runtime.driver.active.utils.get_device_properties(torch.npu.current_device())
+    assert kernels._programs(10_000, NPU) == cores["num_vectorcore"]
+    assert kernels._programs(3, NPU) == 3
+
+
+def test_the_ascendc_plan_uses_the_devices_vector_cores(monkeypatch):
+    from impls import ascendc
+
+    offset = torch.zeros(1, 56, 56, 4 * 9 * 2, device=NPU)
+    scalars = impls.DCNv3Params(3, 3, 1, 1, 1, 1, 1, 1, group=4, group_channels=16).scalars()
+    properties = torch.npu.get_device_properties(0)
+    assert ascendc._plan(offset, scalars, backward=False).blocks == min(properties.vector_core_num, 40)
+    monkeypatch.setattr(torch.npu, "get_device_properties", lambda device=None: type("P", (), {"vector_core_num": 24})())
+    assert ascendc._plan(offset, scalars, backward=False).blocks == 24
+    monkeypatch.setattr(torch.npu, "get_device_properties", lambda device=None: object())
+    assert ascendc._plan(offset, scalars, backward=True).blocks == ascendc.tiling.VECTOR_CORES
+
+
+def test_compiled_uses_the_vendors_backend_on_the_npu():
+    reason = devices.compile_unavailable_reason("npu")
+    if reason is not None:
+        pytest.skip(reason)
+    backend = devices.compile_backend(NPU)
+    assert backend != "inductor"
+    doubled = torch.compile(lambda x: x * 2, backend=backend)(torch.ones(3))
+    assert doubled.tolist() == [2.0] * 3
+
+
+def test_device_clock_and_peak_memory_on_the_npu():
+    clock = devices.Clock(NPU)
+    clock.start()
+    torch.ones(1000, device=NPU).sum()
+    assert clock.stop() > 0
+    with devices.PeakMemory(NPU) as peak:
+        block = torch.ones(2**20, device=NPU)
+        del block
+    assert peak.bytes >= 4 * 2**20
+    assert devices.device_name(NPU).startswith("Ascend")
+    assert {"torch", "torch_npu", "cann"} <= set(devices.versions())
+    flush = devices.cache_flusher(NPU)
+    flush()
+
+
+def test_preflight_reports_the_npu(capsys):
+    from bench import preflight
+
+    assert preflight.main(["--device", "npu"]) == 0
+    out = capsys.readouterr().out
+    assert f"device: npu:0 ({devices.device_name(NPU)})" in out or "device: npu (" in out
+    assert "torch_npu " in out and "cann " in out
+    assert "  npu_deform_conv: runs" in out
+
+
+@emulation_only
+def test_a_torch_npu_that_fails_to_load_breaks_import_torch_and_preflight_says_why_in_one_sentence():
+    missing = {"EMULATED_NPU_CANN_MISSING": "1"}
+    plain = _run("import torch", **missing)
+    assert plain.returncode != 0 and "Failed to load the backend extension: torch_npu" in plain.stderr
+    preflight = _run("import sys; from bench import preflight; sys.exit(preflight.main(['--device', 'npu']))", **missing)
+    assert preflight.returncode == 1, preflight.stderr
+    assert preflight.stderr.count("\n") == 1
+    assert preflight.stderr.startswith("bench-npu: no NPU: torch_npu not importable: libhccl.so")
+    assert "TORCH_DEVICE_BACKEND_AUTOLOAD=0" in preflight.stderr
