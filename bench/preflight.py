@@ -35,10 +35,15 @@ else:
 TORCH_FLOOR = (2, 4)
 
 
+def _release(version: str) -> tuple[int, int]:
+    """'2.7.1+cpu' -> (2, 7)."""
+    major, minor = version.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
+
+
 def torch_too_old(version: str, device_type: str) -> str | None:
     """A sentence when torch `version` predates TORCH_FLOOR, else None."""
-    release = tuple(int(part) for part in version.split("+")[0].split(".")[:2])
-    if release >= TORCH_FLOOR:
+    if _release(version) >= TORCH_FLOOR:
         return None
     floor = ".".join(map(str, TORCH_FLOOR))
     fix = f"install torch_npu >= {floor} with its matching torch" if device_type == "npu" else f"install torch >= {floor}"
@@ -51,7 +56,7 @@ def _autoload_note(device_type: str) -> str:
 
     if device_type != "npu" or _caller_autoload == "0":
         return ""
-    if tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2]) < (2, 5):
+    if _release(torch.__version__) < (2, 5):  # torch's device-backend autoloading arrived in 2.5
         return ""
     if "torch_npu" not in {entry.name for entry in entry_points(group="torch.backends")}:
         return ""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -172,7 +173,10 @@ def main(argv=None) -> int:
     for mode in args.mode:
         pytest_args += ["--bench-mode", mode]
     # A separate process: pytest's plugins (hypothesis, benchmark) must load before the harness imports them.
-    status = subprocess.run(pytest_args).returncode
+    # It is never a distributed worker: pytest-benchmark switches itself off where PYTEST_XDIST_WORKER is
+    # set, as it is for a test that runs python -m bench under pytest-xdist.
+    worker_free = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    status = subprocess.run(pytest_args, env=worker_free).returncode
     if status not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
         print(f"python -m bench: the benchmark run stopped (pytest exit {status})", file=sys.stderr)
         return status

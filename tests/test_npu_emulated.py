@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(
     reason="needs an NPU: nox -s npu-emulated runs these on the emulated one",
 )
 emulation_only = pytest.mark.skipif(not EMULATED, reason="checks the emulation itself")
-NPU = torch.device("npu")
+NPU = torch.device("npu") if devices.unavailable_reason("npu") is None else None
 
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:
@@ -230,3 +230,11 @@ def test_a_torch_npu_that_fails_to_load_breaks_import_torch_and_preflight_says_w
     assert preflight.stderr.count("\n") == 1
     assert preflight.stderr.startswith("bench-npu: no NPU: torch_npu not importable: libhccl.so")
     assert "TORCH_DEVICE_BACKEND_AUTOLOAD=0" in preflight.stderr
+
+
+@emulation_only
+def test_torch_npu_without_a_device_is_explained_in_one_sentence():
+    result = _run("import sys; from bench import preflight; sys.exit(preflight.main(['--device', 'npu']))",
+                  EMULATED_NPU_DEVICES="0")
+    assert result.returncode == 1
+    assert result.stderr == "bench-npu: no NPU: torch.npu.is_available() is False\n"

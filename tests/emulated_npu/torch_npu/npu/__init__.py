@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from torch_npu.npu import utils  # noqa: F401  (torch_npu.npu.utils.get_cann_version)
 
 DEVICE_NAME = "Ascend910B3"
+# EMULATED_NPU_DEVICES=0: torch_npu loads but sees no device (a host whose driver lists none).
 DEVICES = int(os.environ.get("EMULATED_NPU_DEVICES", "1"))
 
 
@@ -28,7 +29,7 @@ conv = _Conv()
 
 
 def is_available() -> bool:
-    return True
+    return DEVICES > 0
 
 
 def is_initialized() -> bool:
