@@ -50,13 +50,12 @@ def torch_too_old(version: str, device_type: str) -> str | None:
     return f"torch {version} is older than the {floor} this harness needs; {fix}"
 
 
-def _autoload_note(device_type: str) -> str:
-    """Where torch would have loaded torch_npu by itself, every other command fails until it loads."""
+def _autoload_note() -> str:
+    """Where torch loads torch_npu by itself (torch >= 2.5, torch_npu installed), a torch_npu that
+    fails to load makes every other command fail in `import torch`: say so."""
     from importlib.metadata import entry_points
 
-    if device_type != "npu" or _caller_autoload == "0":
-        return ""
-    if _release(torch.__version__) < (2, 5):  # torch's device-backend autoloading arrived in 2.5
+    if _caller_autoload == "0" or _release(torch.__version__) < (2, 5):
         return ""
     if "torch_npu" not in {entry.name for entry in entry_points(group="torch.backends")}:
         return ""
@@ -79,7 +78,8 @@ def main(argv=None) -> int:
     device_type = devices.best_device_type() if args.device == "auto" else devices.type_of(args.device)
     reason = devices.unavailable_reason(device_type)
     if reason is not None:
-        print(f"bench-{device_type}: {reason}{_autoload_note(device_type)}", file=sys.stderr)
+        failed_load = device_type == "npu" and devices.torch_npu_import_error() is not None
+        print(f"bench-{device_type}: {reason}{_autoload_note() if failed_load else ''}", file=sys.stderr)
         return 1
     device = devices.resolve(args.device)
     print(f"device: {device} ({devices.device_name(device)})")

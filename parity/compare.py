@@ -10,35 +10,39 @@ from parity.problems import Problem
 QUANTITIES = ("output", "grad_input", "grad_offset", "grad_mask")
 
 
-def evaluate(impl: Implementation, problem: Problem, dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
-    """Output and the three gradients, as float64 CPU tensors.
+def evaluate(impl: Implementation, problem: Problem, dtype: torch.dtype, device,
+             quantities=QUANTITIES) -> dict[str, torch.Tensor]:
+    """The asked-for quantities of output and the three gradients, as float64 CPU tensors.
 
     grad_offset is left out unless the problem is smooth, and then kept only
     where the problem says it is comparable: at integer coordinates it is
-    one-sided by definition and differs across position roundings.
+    one-sided by definition and differs across position roundings. The
+    backward runs only when a gradient is asked for.
     """
     input, offset, mask, grad_output = problem.tensors(dtype, device)
-    return _run(impl, (input, offset, mask), grad_output, problem)
+    return _run(impl, (input, offset, mask), grad_output, problem, quantities)
 
 
-def expected(problem: Problem, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def expected(problem: Problem, dtype: torch.dtype, quantities=QUANTITIES) -> dict[str, torch.Tensor]:
     """The reference on the same dtype-rounded inputs, computed and kept in float64."""
     tensors = [t.to(torch.float64) for t in problem.tensors(dtype, "cpu")]
-    return _run(get("reference"), tensors[:3], tensors[3], problem)
+    return _run(get("reference"), tensors[:3], tensors[3], problem, quantities)
 
 
-def _run(impl, leaves, grad_output, problem):
+def _run(impl, leaves, grad_output, problem, quantities):
     leaves = [t.detach().requires_grad_() for t in leaves]
     output = impl(*leaves, problem.params)
-    grads = torch.autograd.grad(output, leaves, grad_output)
-    result = dict(zip(QUANTITIES, (output, *grads)))
-    if problem.smooth:
-        comparable = problem.offset_gradient_mask(leaves[1]).to(grads[1].device)
-        result["grad_offset"] = torch.where(comparable, grads[1], torch.zeros_like(grads[1]))
-    else:
-        del result["grad_offset"]
+    result = {"output": output}
+    if set(quantities) - {"output"}:
+        grads = torch.autograd.grad(output, leaves, grad_output)
+        result.update(zip(QUANTITIES[1:], grads))
+        if problem.smooth:
+            comparable = problem.offset_gradient_mask(leaves[1]).to(grads[1].device)
+            result["grad_offset"] = torch.where(comparable, grads[1], torch.zeros_like(grads[1]))
+        else:
+            del result["grad_offset"]
     # To the host first: on an NPU a cast to float64 gives float32.
-    return {name: t.detach().cpu().to(torch.float64) for name, t in result.items()}
+    return {name: t.detach().cpu().to(torch.float64) for name, t in result.items() if name in quantities}
 
 
 def differences(actual: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
@@ -61,9 +65,10 @@ def assert_matches_reference(impl: Implementation, problem: Problem, dtype: torc
     from parity.thresholds import Thresholds
 
     thresholds = thresholds or Thresholds.load()
-    actual = evaluate(impl, problem, dtype, device)
-    truth = expected(problem, dtype)
-    for quantity in quantities or list(truth):
+    asked = quantities or QUANTITIES
+    actual = evaluate(impl, problem, dtype, device, asked)
+    truth = expected(problem, dtype, asked)
+    for quantity in truth:
         bound = thresholds.get(impl.name, dtype, quantity)
         torch.testing.assert_close(
             actual[quantity], truth[quantity], atol=bound, rtol=0,

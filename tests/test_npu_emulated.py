@@ -94,6 +94,16 @@ def test_float64_casts_give_float32_as_torch_npu_does():
         assert torch.ones(2, device=NPU).to(torch.float64).dtype == torch.float32
 
 
+@emulation_only
+def test_hf32_keeps_eleven_mantissa_bits_rounding_to_nearest_even():
+    import torch_npu
+
+    ulp = 2.0**-11
+    values = torch.tensor([1 + ulp / 2, 1 + 3 * ulp / 2, -(1 + 3 * ulp / 2), 1 + ulp / 4, float("inf")])
+    expected = torch.tensor([1.0, 1 + 2 * ulp, -(1 + 2 * ulp), 1.0, float("inf")])
+    assert torch.equal(torch_npu._round_to_hf32(values), expected)
+
+
 def test_the_gate_does_not_run_float64_where_the_device_casts_it_away():
     usable, skipped = gate.usable_dtypes([torch.float64, torch.float32], NPU)
     if devices.dtype_unavailable_reason(NPU, torch.float64) is None:

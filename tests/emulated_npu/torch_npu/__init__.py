@@ -29,9 +29,7 @@ anything CANN compiles.
 from __future__ import annotations
 
 import os
-import time
 import warnings
-import weakref
 
 CANN_MISSING = "EMULATED_NPU_CANN_MISSING"
 if os.environ.get(CANN_MISSING) == "1":
@@ -39,7 +37,7 @@ if os.environ.get(CANN_MISSING) == "1":
     raise ImportError("libhccl.so: cannot open shared object file: No such file or directory")
 
 import torch
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 from torch_npu import npu
 
@@ -83,7 +81,7 @@ def _on_npu_device(device) -> bool:
 def _check_devices(func, args, kwargs) -> None:
     if func in _COPIES:
         return
-    tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+    tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
     stray = [t for t in tensors if not _is_npu(t) and t.dim() > 0]
     if stray and any(_is_npu(t) for t in tensors):
         raise RuntimeError(
@@ -112,7 +110,7 @@ def _run(func, args, kwargs):
         # A torch.library operator's own kernel, called with the npu tensors as they are.
         return func._op_dk(torch._C.DispatchKey.CompositeExplicitAutograd, *args, **kwargs)
     _check_devices(func, args, kwargs)
-    has_npu_input = any(_is_npu(t) for t in torch.utils._pytree.tree_leaves((args, kwargs)))
+    has_npu_input = any(_is_npu(t) for t in tree_leaves((args, kwargs)))
     kwargs = _double_to_float(func, kwargs)
     to_npu = _on_npu_device(kwargs.get("device")) or (has_npu_input and kwargs.get("device") is None)
     cpu_args, cpu_kwargs = tree_map(_unwrap, (args, kwargs))
