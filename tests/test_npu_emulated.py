@@ -159,6 +159,24 @@ def test_npu_deform_conv_gives_the_callers_hf32_setting_back(callers_setting):
         assert seen and not any(seen)
 
 
+def test_npu_deform_conv_says_when_torch_npu_lacks_the_kernel(monkeypatch):
+    import torch_npu
+
+    from impls import npu_deform_conv
+
+    monkeypatch.delattr(torch_npu, "npu_deformable_conv2d")
+    assert npu_deform_conv._requires(NPU).endswith("has no npu_deformable_conv2d")
+
+
+def test_compiled_says_when_torchair_is_missing(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchair" else real(name, *a))
+    reason = devices._compile_unavailable_reason.__wrapped__("npu")
+    assert reason == "torch.compile on npu needs torchair (the vendor's compile backend), not installed"
+
+
 def test_npu_deform_conv_compiles_per_shape():
     assert impls.get("npu_deform_conv").compiles_per_shape
 
