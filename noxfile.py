@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import site
 import sys
 import tempfile
 import time
@@ -116,8 +117,6 @@ def npu_emulated(session: nox.Session) -> None:
     session.run(*measured, "bench", "--device", "npu", *EMULATED_BENCH, "--out", str(work / "bench"),
                 env=emulated, external=True)
     session.run(*measured, "reports", str(work / "bench"), env=emulated, external=True)
-
-    import site
 
     user_venv = _venv_seeing(site.getsitepackages()[0], work / "venv")
     nox_in_venv = [str(user_venv), "-m", "nox", "-f", str(ROOT / "noxfile.py"), "-s", "bench-npu"]

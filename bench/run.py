@@ -121,12 +121,12 @@ def main(argv=None) -> int:
         device = devices.resolve(args.device)
         external.load(args.impl_module)
         chosen, skipped = gate.select_implementations(args.impl, device)
+        dtypes, unusable = gate.usable_dtypes([gate.DTYPES[name] for name in args.dtype], device)
     except (gate.UsageError, ValueError) as error:
         print(f"python -m bench: {error}", file=sys.stderr)
         return 2
     untimed = {impl.name: impl.untimed_reason(device) for impl in chosen}
     skipped.update({name: reason for name, reason in untimed.items() if reason})
-    dtypes, unusable = gate.usable_dtypes([gate.DTYPES[name] for name in args.dtype], device)
     skipped.update(unusable)
     chosen = [impl for impl in chosen if not untimed[impl.name]]
     base = impls.baseline()
@@ -137,9 +137,6 @@ def main(argv=None) -> int:
 
     out = args.out or Path("reports") / f"{device.type}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
-    if not dtypes:
-        print(f"python -m bench: no dtype of {', '.join(args.dtype)} computes on {device}", file=sys.stderr)
-        return 2
     env = environment(device, args)
     for warning in env["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)

@@ -82,9 +82,12 @@ def select_implementations(requested: list[str] | None, device: torch.device):
 
 
 def usable_dtypes(dtypes, device) -> tuple[list, dict[str, str]]:
-    """(the dtypes the device computes in, {dtype name: why not} for the others)."""
+    """(the dtypes the device computes in, {dtype name: why not} for the others); UsageError if none is left."""
     reasons = {dtype_name(d): devices.dtype_unavailable_reason(device, d) for d in dtypes}
-    return [d for d in dtypes if reasons[dtype_name(d)] is None], {n: r for n, r in reasons.items() if r}
+    usable = [d for d in dtypes if reasons[dtype_name(d)] is None]
+    if not usable:
+        raise UsageError(f"no dtype asked for computes on {device}: " + "; ".join(reasons.values()))
+    return usable, {name: reason for name, reason in reasons.items() if reason}
 
 
 def run(implementations, dtypes, cases, device, thresholds: Thresholds, progress=None,
@@ -189,11 +192,11 @@ def main(argv=None) -> int:
         if not implementations:
             raise UsageError(f"no implementation to check on {device}: " + "; ".join(skipped.values()))
         thresholds = Thresholds.load(args.thresholds)
+        dtypes, unusable = usable_dtypes([DTYPES[name] for name in args.dtype] if args.dtype else list(DTYPES.values()), device)
     except (UsageError, ValueError, OSError) as error:
         print(f"python -m parity: {error}", file=sys.stderr)
         return 2
 
-    dtypes, unusable = usable_dtypes([DTYPES[name] for name in args.dtype] if args.dtype else list(DTYPES.values()), device)
     skipped.update(unusable)
     cases = sweep(args.examples, args.seed)
     started = time.perf_counter()

@@ -141,6 +141,26 @@ def test_the_build_names_what_is_missing_off_an_ascend_host(monkeypatch, capsys)
     assert "ASCEND_HOME_PATH is unset" in err and "torch_npu not importable" in err
 
 
+@pytest.mark.parametrize("version, config, needs", [
+    ("8.3.RC1", True, ["CANN >= 9.1.0 (found 8.3.RC1)"]),
+    ("9.1.0", False, ["asc-config.cmake for find_package(ASC)"]),
+    ("10.0.RC2", True, []),
+    (None, True, ["CANN >= 9.1.0 (no version in "]),
+])
+def test_the_build_checks_the_cann_version_and_find_package_asc(tmp_path, monkeypatch, version, config, needs):
+    from impls.ascendc import __main__ as build
+
+    monkeypatch.delenv("CMAKE_PREFIX_PATH", raising=False)
+    (tmp_path / "compiler").mkdir()
+    if version is not None:
+        (tmp_path / "compiler" / "version.info").write_text(f"Version={version}\n")
+    if config:
+        (tmp_path / "lib64" / "cmake").mkdir(parents=True)
+        (tmp_path / "lib64" / "cmake" / "asc-config.cmake").write_text("")
+    found = build._cann_needs(tmp_path)
+    assert len(found) == len(needs) and all(f.startswith(n) for f, n in zip(found, needs))
+
+
 def test_an_unbuilt_kernel_is_unavailable_with_the_command_that_builds_it(monkeypatch, tmp_path):
     from impls import ascendc
 

@@ -27,24 +27,29 @@ CANN_FLOOR = (9, 1, 0)
 ASC_CONFIG_DIRS = ("lib64/cmake", "compiler/tikcpp/ascendc_kernel_cmake")
 
 
-def cann_version(home: Path) -> tuple[int, ...] | None:
-    """CANN's compiler version from <ASCEND_HOME_PATH>/compiler/version.info (`Version=9.1.0`), or None."""
+def cann_version(home: Path) -> str | None:
+    """CANN's compiler version as <ASCEND_HOME_PATH>/compiler/version.info writes it (`Version=9.1.0`), or None."""
     try:
         text = (home / "compiler" / "version.info").read_text()
     except OSError:
         return None
-    match = re.search(r"^Version=(\d+)\.(\d+)(?:\.(\d+))?", text, re.MULTILINE)
-    return None if match is None else tuple(int(part or 0) for part in match.groups())
+    match = re.search(r"^Version=(\S+)", text, re.MULTILINE)
+    return None if match is None else match.group(1)
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """'8.3.RC1' -> (8, 3): the leading numeric fields."""
+    return tuple(int(part) for part in re.match(r"\d+(?:\.\d+)*", version).group().split("."))
 
 
 def _cann_needs(home: Path) -> list[str]:
     floor = ".".join(map(str, CANN_FLOOR))
     version = cann_version(home)
     needs = []
-    if version is None:
+    if version is None or not re.match(r"\d", version):
         needs.append(f"CANN >= {floor} (no version in {home / 'compiler' / 'version.info'})")
-    elif version < CANN_FLOOR:
-        needs.append(f"CANN >= {floor} (found {'.'.join(map(str, version))})")
+    elif _release(version) < CANN_FLOOR:
+        needs.append(f"CANN >= {floor} (found {version})")
     prefixes = [home / d for d in ASC_CONFIG_DIRS] + [Path(p) for p in os.environ.get("CMAKE_PREFIX_PATH", "").split(os.pathsep) if p]
     if not any((prefix / "asc-config.cmake").is_file() for prefix in prefixes):
         needs.append(f"asc-config.cmake for find_package(ASC) (looked in {', '.join(str(p) for p in prefixes)})")

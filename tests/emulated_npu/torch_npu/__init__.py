@@ -1,6 +1,6 @@
 """An emulated Ascend NPU for the harness's tests: a CPU-backed `npu` device and the slice of
 torch_npu's API that the harness calls. Test-only: never installed, never imported by the product
-on its own; put this folder on PYTHONPATH (tests/emulated_npu/__init__.py says how).
+on its own; `nox -s npu-emulated` puts tests/emulated_npu on PYTHONPATH for its commands.
 
 The device. PyTorch's PrivateUse1 backend is renamed `npu` through its Python-backend route
 (`torch.utils.backend_registration._setup_privateuseone_for_python_backend`). A tensor on it is a
