@@ -26,6 +26,9 @@ def _extension():
         import DCNv3
     except Exception as error:
         return f"InternImage's DCNv3 CUDA extension is not importable: {devices.describe(error)}"
+    if getattr(DCNv3, "HARNESS_SHIM", False):
+        return ("the importable DCNv3 is this harness's shim (compat/DCNv3), not InternImage's compiled "
+                "extension: internimage_cuda measures only the latter")
     return DCNv3
 
 
