@@ -16,9 +16,10 @@ on any device the harness has an implementation for.
 Each call runs the best implementation available on the tensors' device and
 dtype (`impl="auto"`), or the one named by $DCNV3_IMPL, and says once per
 device, dtype and implementation which one it is. The extension's backward
-receives no saved state from the forward, so the backward computes the
-implementation's forward again before differentiating it: one extra forward
-of the core per training step, the price of keeping InternImage's code as it is.
+receives no autograd graph from the forward: a kernel with a backward of its
+own (`Implementation.gradients`: cpu_kernel, triton, ascendc) is called
+directly; for the others the backward runs the forward again and
+differentiates it, one extra forward of the core per training step.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ def dcnv3_backward(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, 
         raise ValueError(f"grad_output must be {input.dtype} on {input.device} like input, "
                          f"got {grad_output.dtype} on {grad_output.device}")
     impl = _chosen(input, offset, mask, params)
+    if impl.gradients is not None:
+        return list(impl.gradients(grad_output, input, offset, mask, params))
     leaves = [t.detach().requires_grad_() for t in (input, offset, mask)]
     with torch.enable_grad():
         output = impl.fn(*leaves, params)

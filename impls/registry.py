@@ -32,6 +32,8 @@ FLOATING = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, DCNv3Params], torch.Tensor]
 # Extra availability condition beyond the device type: (device) -> reason or None.
 Requirement = Callable[[torch.device], "str | None"]
+# A kernel's own backward, without autograd: (grad_output, input, offset, mask, params) -> three gradients.
+Gradients = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, DCNv3Params], tuple]
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,9 @@ class Implementation:
     # True while it runs in an interpreter (on any device), for parity checks on
     # small shapes: "auto" never picks it then and the benchmark does not time it.
     interpreted: Callable[[], bool] = field(default=lambda: False, repr=False)
+    # Where the kernel has a backward of its own: callers holding no autograd graph (InternImage's
+    # DCNv3 extension interface, impls/internimage_compat.py) need not run the forward again.
+    gradients: Gradients | None = field(default=None, repr=False)
     description: str = ""
 
     def unavailable_reason(self, device: torch.device | str) -> str | None:
@@ -96,6 +101,7 @@ def register(
     baseline: bool = False,
     compiles_per_shape: bool = False,
     interpreted: Callable[[], bool] = lambda: False,
+    gradients: Gradients | None = None,
 ) -> Callable[[Kernel], Implementation]:
     """Decorator: register `fn(input, offset, mask, params)` as implementation `name`."""
 
@@ -110,6 +116,7 @@ def register(
             baseline=baseline,
             compiles_per_shape=compiles_per_shape,
             interpreted=interpreted,
+            gradients=gradients,
             description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
         )
         add(impl)

@@ -86,7 +86,11 @@ def _requires(device: torch.device) -> str | None:
     return build_error()
 
 
-@register("cpu_kernel", device_types=("cpu",), requires=_requires, priority=20)
+def _gradients(grad_output, input, offset, mask, params):
+    return torch.ops.dcnv3_harness.dcnv3_backward(grad_output, input, offset, mask, *params.scalars())
+
+
+@register("cpu_kernel", device_types=("cpu",), requires=_requires, priority=20, gradients=_gradients)
 def cpu_kernel(input, offset, mask, params):
     """Native C++ kernel: channels-last, at::parallel_for, race-free backward, float accumulation."""
     if torch.compiler.is_compiling():  # Dynamo traces torch.ops, not a pybind function

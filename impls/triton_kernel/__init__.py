@@ -102,6 +102,8 @@ operators.register_backward(
 @register(
     "triton", dtypes=(torch.float32, torch.float16, torch.bfloat16), device_types=("cuda", "npu", "cpu"),
     requires=unavailable_reason, priority=30, interpreted=interpreted,
+    gradients=lambda grad_output, input, offset, mask, params: backward_op(
+        grad_output, input, offset, mask, *params.scalars()),
 )
 def triton_kernel(input, offset, mask, params):
     """Triton kernels: a program per pixel block and group, float32 accumulation, atomic input gradient."""
