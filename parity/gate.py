@@ -3,6 +3,7 @@
     python -m parity --device cpu [--impl NAME ...] [--dtype ...] [--examples K]
                      [--seed S] [--out DIR] [--thresholds FILE]
                      [--impl-module package.module:Name ...]   (your own kernel; impls/external.py)
+    python -m parity --model internimage-t [--size 224] [--batch 1] ...   (a whole backbone; parity/model.py)
 
 Writes DIR/parity.csv (one row per implementation, dtype, quantity and case)
 and DIR/parity.md, prints the worst case per implementation, dtype and
@@ -23,7 +24,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 
 import impls
-from impls import devices, external
+from impls import devices, external, internimage
+from parity import model as model_parity
 from parity.compare import differences, evaluate, expected
 from parity.problems import Problem
 from parity.regressions import REGRESSIONS
@@ -32,6 +34,8 @@ from parity.thresholds import DEFAULT_PATH, Thresholds, dtype_name
 
 DTYPES = {dtype_name(d): d for d in (torch.float64, torch.float32, torch.float16, torch.bfloat16)}
 SUMMARY_KEYS = ["implementation", "device", "dtype", "quantity"]
+# A whole model in float16 is not what InternImage trains or deploys in; --dtype float16 asks for it.
+MODEL_DTYPES = [torch.float64, torch.float32, torch.bfloat16]
 
 
 class UsageError(Exception):
@@ -177,9 +181,23 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0, help="hypothesis seed of the sweep (default 0)")
     parser.add_argument("--out", type=Path, help="folder for parity.csv and parity.md")
     parser.add_argument("--thresholds", type=Path, default=DEFAULT_PATH, help="thresholds TOML (default parity/thresholds.toml)")
+    model = parser.add_argument_group("model-level parity (parity/model.py)")
+    model.add_argument("--model", metavar="internimage-NAME",
+                       help=f"check a whole backbone instead: internimage-{{{','.join(c.lower() for c in internimage.CONFIGS)}}}")
+    model.add_argument("--size", type=int, help="image side (default: the model's classification size)")
+    model.add_argument("--batch", type=int, default=1, help="images (default 1)")
     args = parser.parse_args(argv)
     if args.examples < 0:
         parser.error("--examples must be >= 0")
+    if args.model is not None:
+        try:
+            internimage.named(args.model.removeprefix("internimage-"))
+        except ValueError as error:
+            parser.error(f"--model: {error}")
+        if args.size is not None and args.size < 32:
+            parser.error("--size must be >= 32 (four stride-2 stages and a stride-2 stem)")
+        if args.batch < 1:
+            parser.error("--batch must be >= 1")
     return args
 
 
@@ -192,12 +210,15 @@ def main(argv=None) -> int:
         if not implementations:
             raise UsageError(f"no implementation to check on {device}: " + "; ".join(skipped.values()))
         thresholds = Thresholds.load(args.thresholds)
-        dtypes, unusable = usable_dtypes([DTYPES[name] for name in args.dtype] if args.dtype else list(DTYPES.values()), device)
+        default_dtypes = MODEL_DTYPES if args.model else list(DTYPES.values())
+        dtypes, unusable = usable_dtypes([DTYPES[name] for name in args.dtype] if args.dtype else default_dtypes, device)
     except (UsageError, ValueError, OSError) as error:
         print(f"python -m parity: {error}", file=sys.stderr)
         return 2
 
     skipped.update(unusable)
+    if args.model:
+        return model_parity.main(args, implementations, skipped, dtypes, device)
     cases = sweep(args.examples, args.seed)
     started = time.perf_counter()
 

@@ -15,6 +15,7 @@ torch.compile and torch.library.opcheck all see one ordinary operator.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 from pathlib import Path
@@ -29,12 +30,14 @@ NAME = "dcnv3_harness_cpu"
 
 
 def build_directory() -> Path:
-    """DCNV3_BUILD_DIR, else a per-torch, per-machine folder under ~/.cache (builds are -march=native)."""
+    """DCNV3_BUILD_DIR, else a folder under ~/.cache per torch, machine (builds are -march=native) and
+    copy of the source: a checkout and a `pip install .` of it would otherwise rebuild over each other."""
     configured = os.environ.get("DCNV3_BUILD_DIR")
     if configured:
         return Path(configured)
     version = torch.__version__.replace("+", "_")
-    return Path.home() / ".cache" / "dcnv3-harness" / f"torch-{version}-{platform.machine()}"
+    copy = hashlib.sha256(str(SOURCE).encode()).hexdigest()[:8]
+    return Path.home() / ".cache" / "dcnv3-harness" / f"torch-{version}-{platform.machine()}-{copy}"
 
 
 def _native_flags() -> list[str]:
