@@ -67,8 +67,9 @@ def selected_implementations(config) -> list[str]:
 def pytest_generate_tests(metafunc):
     """`impl_dtype`: every (implementation under test, dtype it declares) pair; the reference is the yardstick.
     `bench_case`: every (implementation, shape, mode, dtype) the benchmark options select."""
-    if "bench_case" in metafunc.fixturenames:
-        parametrize_benchmarks(metafunc)
+    for fixture in ("bench_case", "model_case"):
+        if fixture in metafunc.fixturenames:
+            parametrize_benchmarks(metafunc, fixture)
     if "impl_dtype" in metafunc.fixturenames:
         # Tests marked `compiling` take the implementations that compile per shape
         # (seconds each); the hypothesis property tests take all the others.
@@ -84,16 +85,20 @@ def pytest_generate_tests(metafunc):
         )
 
 
-def parametrize_benchmarks(metafunc):
-    from bench.cases import MODES
-    from bench.shapes import suite
+def parametrize_benchmarks(metafunc, fixture: str):
+    """`bench_case` takes an operator suite's shapes, `model_case` a model suite's backbones; each is
+    empty (and skipped) for the other kind of suite."""
+    from bench.cases import MODEL_MODES, MODES
+    from bench.shapes import is_model_suite, suite
     from parity.thresholds import dtype_name
 
     config = metafunc.config
+    suite_name = config.getoption("--bench-suite")
+    models = is_model_suite(suite_name)
     dtypes = [getattr(torch, name) for name in config.getoption("--bench-dtype") or ["float32"]]
-    modes = config.getoption("--bench-mode") or list(MODES)
+    modes = config.getoption("--bench-mode") or list(MODEL_MODES if models else MODES)
     try:
-        shapes = suite(config.getoption("--bench-suite"))
+        shapes = suite(suite_name) if models == (fixture == "model_case") else []
     except ValueError as error:
         raise pytest.UsageError(str(error)) from None
     cases = [
@@ -105,7 +110,7 @@ def parametrize_benchmarks(metafunc):
         if name != "reference" and impls.get(name).supports(dtype)
     ]
     ids = [f"{i.name}-{s.name}-{m}-{dtype_name(d)}" for i, s, m, d in cases]
-    metafunc.parametrize("bench_case", cases, ids=ids)
+    metafunc.parametrize(fixture, cases, ids=ids)
 
 
 @pytest.fixture(scope="session")
@@ -119,12 +124,21 @@ def bench_settings(request):
     )
 
 
-@pytest.fixture
-def available_bench_case(bench_case, device):
-    reason = bench_case[0].untimed_reason(device)
+def _timeable(case, device):
+    reason = case[0].untimed_reason(device)
     if reason is not None:
         pytest.skip(reason)
-    return bench_case
+    return case
+
+
+@pytest.fixture
+def available_bench_case(bench_case, device):
+    return _timeable(bench_case, device)
+
+
+@pytest.fixture
+def available_model_case(model_case, device):
+    return _timeable(model_case, device)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""One benchmark case: an implementation, a shape, a mode and a dtype, ready to run."""
+"""One benchmark case: an implementation, a shape (or a whole model), a mode and a dtype, ready to run."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ from typing import Callable
 
 import torch
 
-from bench.shapes import Shape
-from impls import Implementation
+from bench.shapes import ModelCase, Shape
+from impls import Implementation, internimage
 
 MODES = ("forward", "backward", "forward+backward")
+# A whole model: inference and a training step (a backward alone is no workload of its own there).
+MODEL_MODES = ("forward", "forward+backward")
 
 
 def make_inputs(shape: Shape, dtype: torch.dtype, device: torch.device, seed: int = 0):
@@ -48,6 +50,39 @@ def runner(impl: Implementation, shape: Shape, mode: str, dtype: torch.dtype, de
 
         def forward_backward():
             torch.autograd.grad(impl(*leaves, params), leaves, grad_output)
+
+        return forward_backward
+    raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+def model_runner(impl: Implementation, case: ModelCase, mode: str, dtype: torch.dtype,
+                 device: torch.device) -> Callable[[], None]:
+    """One repetition of `mode` for the whole backbone with impl's core: a forward, or a training step's
+    forward and backward (gradients of every parameter); the backward mode's forward is done here, once."""
+    model = internimage.build(case.config, impl=impl.name, dtype=dtype, device=device)
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randn(case.batch, 3, case.size, case.size, generator=generator).to(device, dtype)
+    if mode == "forward":
+
+        def forward():
+            with torch.no_grad():
+                model(image)
+
+        return forward
+    parameters = list(model.parameters())
+    with torch.no_grad():
+        cotangents = [torch.randn(o.shape, generator=generator).to(device, dtype) for o in model(image)]
+    if mode == "backward":
+        outputs = model(image)
+
+        def backward():
+            torch.autograd.grad(outputs, parameters, cotangents, retain_graph=True)
+
+        return backward
+    if mode == "forward+backward":
+
+        def forward_backward():
+            torch.autograd.grad(model(image), parameters, cotangents)
 
         return forward_backward
     raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")

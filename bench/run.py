@@ -7,7 +7,9 @@ implementations; one that fails is reported and not timed), DIR/benchmark.json
 (pytest-benchmark's raw record), DIR/environment.json and DIR/results.csv:
 one row per implementation, shape, mode and dtype with p20/p50/p80 ms, GB/s,
 fraction of peak bandwidth, peak memory and speedup against the baseline
-measured in the same run. `python -m reports DIR` turns that into a report.
+measured in the same run. A `model-*` suite times whole backbones instead,
+adds each row's DCNv3 core share and writes DIR/profile.csv: where one
+profiled repetition's time went. `python -m reports DIR` turns that into a report.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ import torch
 
 import impls
 from bench import traffic
-from bench.cases import MODES
-from bench.shapes import SUITES
+from bench.cases import MODEL_MODES, MODES
+from bench.shapes import SUITES, is_model_suite
 from impls import devices, external
 from parity import gate
 from parity.thresholds import Thresholds, dtype_name
@@ -47,14 +49,17 @@ def parse_args(argv):
                         help=f"shape suite (default internimage-t): {', '.join(SUITES)}")
     parser.add_argument("--impl", nargs="+", metavar="NAME", help="implementations (default: all available); the baseline is always added")
     parser.add_argument("--dtype", nargs="+", default=["float32"], choices=sorted(gate.DTYPES), help="dtypes (default float32)")
-    parser.add_argument("--mode", nargs="+", default=list(MODES), choices=MODES, help="modes (default all)")
+    parser.add_argument("--mode", nargs="+", choices=MODES,
+                        help="modes (default: all; for a model-* suite forward and forward+backward)")
     parser.add_argument("--out", type=Path, help="output folder (default reports/<device>-<timestamp>)")
     parser.add_argument("--seconds", type=float, default=1.0, help="time budget per case; sets the rounds (default 1.0)")
     parser.add_argument("--min-rounds", type=int, default=5, help="fewest timed rounds per case (default 5)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads for the timed run (default: torch's choice)")
     external.add_option(parser.add_argument, "gate and time")
     parser.add_argument("--parity-examples", type=int, default=30, help="drawn parity cases before timing (default 30)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.mode = args.mode or list(MODEL_MODES if is_model_suite(args.suite) else MODES)
+    return args
 
 
 def _gbps(bytes_per_second: float | None) -> float | None:
@@ -96,12 +101,28 @@ def gate_implementations(implementations, dtypes, device, examples, out: Path):
     return [impl for impl in implementations if impl.name not in failed], failed
 
 
+PROFILE_KEYS = ["implementation", "device", "dtype", "mode", "suite", "shape"]
+
+
+def profile_rows(benchmark_json: Path) -> pd.DataFrame:
+    """The model records' profiles -> one row per case and time family (ms, share of the profiled step)."""
+    records = [r["extra_info"] for r in json.loads(benchmark_json.read_text())["benchmarks"] if "profile_ms" in r["extra_info"]]
+    rows = pd.DataFrame([
+        {**{key: info[key] for key in PROFILE_KEYS}, "clock": info["profile_clock"], "part": part, "ms": ms,
+         "share": ms / sum(info["profile_ms"].values())}
+        for info in records for part, ms in info["profile_ms"].items()
+    ])
+    return rows
+
+
 def tidy_rows(benchmark_json: Path, env: dict) -> pd.DataFrame:
     """benchmark.json's records -> one row per case, with bandwidth fractions and speedup."""
     records = json.loads(benchmark_json.read_text())["benchmarks"]
-    rows = pd.DataFrame([record["extra_info"] for record in records])
+    rows = pd.DataFrame([{k: v for k, v in record["extra_info"].items() if k != "profile_ms"} for record in records])
     if rows.empty:
         return rows
+    if "gbps" not in rows:  # whole models: no bytes-moved model
+        rows["bytes_moved"] = rows["gbps"] = float("nan")
     rows.insert(1, "device_name", env["device_name"])
     rows["copy_gbps"] = env["copy_bandwidth_gbps"]
     rows["peak_gbps"] = float("nan") if env["known_peak_bandwidth_gbps"] is None else env["known_peak_bandwidth_gbps"]
@@ -151,7 +172,8 @@ def main(argv=None) -> int:
         return 1
 
     pytest_args = [
-        sys.executable, "-m", "pytest", str(BENCH_TESTS), "-p", "no:cacheprovider", "-v",
+        sys.executable, "-m", "pytest", f"{BENCH_TESTS}::{'test_model' if is_model_suite(args.suite) else 'test_dcnv3'}",
+        "-p", "no:cacheprovider", "-v",
         "--rootdir", str(BENCH_TESTS.parent.parent),
         "--device", str(device), "--bench-suite", args.suite,
         "--bench-seconds", str(args.seconds), "--bench-min-rounds", str(args.min_rounds),
@@ -181,6 +203,9 @@ def main(argv=None) -> int:
     rows = tidy_rows(out / "benchmark.json", env)
     rows.to_csv(out / "results.csv", index=False)
     columns = ["implementation", "shape", "mode", "dtype", "p50_ms", "gbps", "speedup"]
+    if is_model_suite(args.suite):
+        profile_rows(out / "benchmark.json").to_csv(out / "profile.csv", index=False)
+        columns[columns.index("gbps")] = "core_share"
     print(rows[columns].to_markdown(index=False, floatfmt=".3g"))
     print(f"\nwrote {out}/results.csv; report: python -m reports {out}")
     return 0 if status == pytest.ExitCode.OK and not failed else 1

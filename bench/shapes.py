@@ -1,28 +1,22 @@
-"""Benchmark shapes as data: InternImage stages, synthetic sweeps and a quick suite.
+"""Benchmark shapes as data: InternImage stages, whole InternImage backbones, synthetic sweeps, quick suites.
 
-InternImage (github.com/OpenGVLab/InternImage, classification and segmentation
-configs): stage s of 4 runs DCNv3 at H = W = input / 2**(s+2) with
-channels * 2**s channels in groups[s] groups; kernel 3, pad 1, stride 1.
+InternImage's models are impls.internimage.CONFIGS: stage s of 4 runs DCNv3 at
+H = W = input / 2**(s+2) with channels * 2**s channels in groups[s] groups;
+kernel 3, pad 1, stride 1.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from impls import DCNv3Params
+from impls import DCNv3Params, internimage as models
 
-# model: (stem channels, groups per stage, offset_scale, classification size, segmentation crop)
-INTERNIMAGE = {
-    "T": (64, (4, 8, 16, 32), 1.0, 224, 512),
-    "S": (80, (5, 10, 20, 40), 1.0, 224, 512),
-    "B": (112, (7, 14, 28, 56), 1.0, 224, 512),
-    "L": (160, (10, 20, 40, 80), 2.0, 384, 640),
-    "XL": (192, (12, 24, 48, 96), 2.0, 384, 640),
-    "H": (320, (10, 20, 40, 80), 1.0, 640, 896),
-    "G": (512, (16, 32, 64, 128), 1.0, 512, 896),
-}
+INTERNIMAGE = [name for name in models.CONFIGS if name != "mini"]  # mini is no InternImage model
 CLASSIFICATION_BATCH = 1
 SEGMENTATION_BATCH = 2
+# Whole backbones: the classification size at batch 1, and one segmentation crop (batch 1, so that a
+# CPU run of InternImage-T takes minutes, not an hour).
+MODEL_BATCH = 1
 
 
 @dataclass(frozen=True)
@@ -50,21 +44,43 @@ def dcnv3_3x3(group: int, group_channels: int, offset_scale: float = 1.0, kernel
     return DCNv3Params(kernel, kernel, 1, 1, pad, pad, 1, 1, group, group_channels, offset_scale, remove_center)
 
 
+@dataclass(frozen=True)
+class ModelCase:
+    """A whole backbone (impls.internimage) on square images: one forward or training step."""
+
+    name: str
+    model: str
+    batch: int
+    size: int
+
+    @property
+    def config(self) -> models.Config:
+        return models.named(self.model)
+
+    def fields(self) -> dict:
+        return {"shape": self.name, "model": self.model, "N": self.batch, "H": self.size, "W": self.size}
+
+
 def internimage(model: str, task: str, batch: int | None = None) -> list[Shape]:
-    channels, groups, offset_scale, cls_size, seg_size = INTERNIMAGE[model]
-    size = cls_size if task == "cls" else seg_size
+    config = models.named(model)
+    size = config.classification_size if task == "cls" else config.segmentation_size
     default_batch = CLASSIFICATION_BATCH if task == "cls" else SEGMENTATION_BATCH
     suffix = f"-b{batch}" if batch and batch != default_batch else ""
     batch = batch or default_batch
     shapes = []
-    for stage, group in enumerate(groups):
+    for stage, group in enumerate(config.groups):
         side = size // 2 ** (stage + 2)
-        stage_channels = channels * 2**stage
         shapes.append(Shape(
             name=f"{model}-{task}{size}-s{stage + 1}{suffix}", batch=batch, height=side, width=side,
-            params=dcnv3_3x3(group, stage_channels // group, offset_scale),
+            params=dcnv3_3x3(group, config.stage_channels(stage) // group, config.offset_scale),
         ))
     return shapes
+
+
+def model_cases(model: str) -> list[ModelCase]:
+    config = models.named(model)
+    return [ModelCase(f"{config.name}-{task}{size}", config.name, MODEL_BATCH, size)
+            for task, size in (("cls", config.classification_size), ("seg", config.segmentation_size))]
 
 
 def _sweeps() -> dict[str, list[Shape]]:
@@ -99,7 +115,7 @@ def _internimage_suites() -> dict[str, list[Shape]]:
     return suites
 
 
-SUITES: dict[str, list[Shape]] = {
+SUITES: dict[str, list[Shape] | list[ModelCase]] = {
     # Small enough for CI's smoke run of the whole pipeline on 2 cores.
     "quick": [
         Shape("q14-G2D8", 1, 14, 14, dcnv3_3x3(2, 8)),
@@ -108,10 +124,15 @@ SUITES: dict[str, list[Shape]] = {
     ],
     **_internimage_suites(),
     **_sweeps(),
+    **{f"model-internimage-{name.lower()}": model_cases(name) for name in models.CONFIGS},
 }
 
 
-def suite(name: str) -> list[Shape]:
+def is_model_suite(name: str) -> bool:
+    return name.startswith("model-")
+
+
+def suite(name: str) -> list[Shape] | list[ModelCase]:
     try:
         return SUITES[name]
     except KeyError:

@@ -170,6 +170,18 @@ def synchronize(device: torch.device) -> None:
         module.synchronize(device)
 
 
+def profiler_clock(device: torch.device) -> tuple[list, bool, str]:
+    """(torch.profiler activities, whether operator times are the device's own, what the times are)."""
+    from torch.profiler import ProfilerActivity
+
+    if device.type == "cuda":
+        return [ProfilerActivity.CPU, ProfilerActivity.CUDA], True, "cuda device time"
+    if device.type == "npu":
+        # NPU kernels are seen by torch_npu.profiler only; torch.profiler times their launches.
+        return [ProfilerActivity.CPU], False, "npu host (launch) time"
+    return [ProfilerActivity.CPU], False, "cpu time"
+
+
 class Clock:
     """Elapsed milliseconds of one region: device events on cuda and npu, wall clock on cpu.
 

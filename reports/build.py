@@ -2,9 +2,10 @@
 
     python -m reports DIR [DIR ...] [--compare OLD_DIR] [--compare-fail p50:5%]
 
-Reads only DIR/results.csv, DIR/parity.csv and DIR/environment.json, so a run
-made on an NPU host can be reported anywhere. Writes DIR/summary.md and
-DIR/speedup-<dtype>.png, latency-<dtype>.png, bandwidth-<dtype>.png.
+Reads only DIR/results.csv, DIR/parity.csv, DIR/environment.json and (model
+suites) DIR/profile.csv, so a run made on an NPU host can be reported
+anywhere. Writes DIR/summary.md and DIR/speedup-<dtype>.png, latency-<dtype>.png,
+bandwidth-<dtype>.png (operator suites) or time-<dtype>.png (model suites).
 
 With --compare OLD_DIR the summary shows each row's change against the old run,
 and the command exits 1 when a row got slower than --compare-fail allows:
@@ -39,6 +40,57 @@ def load(run: Path):
     parity = pd.read_csv(run / "parity.csv") if (run / "parity.csv").exists() else None
     env = json.loads((run / "environment.json").read_text()) if (run / "environment.json").exists() else {}
     return results, parity, env
+
+
+def load_profile(run: Path) -> pd.DataFrame | None:
+    """A model suite's profile.csv (bench/profile.py), or None."""
+    return pd.read_csv(run / "profile.csv") if (run / "profile.csv").exists() else None
+
+
+def _part_order(profile: pd.DataFrame) -> list[str]:
+    """The core first, the other families by their total time, what no operator accounts for last."""
+    totals = profile.groupby("part")["ms"].sum().sort_values(ascending=False)
+    first, last = profile["part"].iloc[0], "Python and untracked"
+    return [first] + [p for p in totals.index if p not in (first, last)] + ([last] if last in totals else [])
+
+
+def time_breakdown(profile: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Per dtype, shape and mode: the profiled step's parts down, implementations across, 'ms (share)'."""
+    order = list(dict.fromkeys(profile["implementation"]))
+    tables = []
+    for (dtype, shape, mode), part in profile.groupby(["dtype", "shape", "mode"], sort=False):
+        cells = part.assign(cell=[f"{ms:.3g} ms ({share:.0%})" for ms, share in zip(part["ms"], part["share"])])
+        table = cells.pivot(index="part", columns="implementation", values="cell")
+        table = table.reindex(index=_part_order(part), columns=[i for i in order if i in table.columns])
+        tables.append((f"{shape}, {mode}, {dtype} ({part['clock'].iloc[0]})", table.fillna("").reset_index()))
+    return tables
+
+
+def breakdown_chart(profile: pd.DataFrame, env: dict, dtype: str, path: Path) -> None:
+    """One panel per shape and mode: a stacked bar per implementation, the core at the bottom."""
+    part = profile[profile["dtype"] == dtype]
+    panels = list(dict.fromkeys(zip(part["shape"], part["mode"])))
+    parts = _part_order(part)
+    colours = _colours(parts)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.6), squeeze=False)
+    for ax, (shape, mode) in zip(axes[0], panels):
+        rows = part[(part["shape"] == shape) & (part["mode"] == mode)]
+        table = rows.pivot(index="implementation", columns="part", values="ms").reindex(
+            index=list(dict.fromkeys(rows["implementation"])), columns=parts).fillna(0)
+        bottom = np.zeros(len(table))
+        for name in parts:
+            ax.bar(table.index, table[name], bottom=bottom, label=name, color=colours[name])
+            bottom += table[name].to_numpy()
+        ax.set_title(f"{shape} {mode}", fontsize=9)
+        ax.set_ylabel(f"profiled step (ms, {rows['clock'].iloc[0]})")
+        ax.tick_params(axis="x", rotation=30, labelsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
+    fig.suptitle(f"Where a whole model's time goes: {env.get('device_name', '?')}, {dtype}")
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def implementations_in_order(results: pd.DataFrame) -> list[str]:
@@ -217,7 +269,7 @@ def _or_unknown(value, unit):
     return "unknown (fractions are of the measured copy bandwidth)" if value is None else f"{value:.0f} {unit}"
 
 
-def summary_markdown(results, parity, env, charts, comparison=None) -> str:
+def summary_markdown(results, parity, env, charts, comparison=None, profile=None) -> str:
     fmt = dict(index=False, floatfmt=".3g")
     lines = [f"# DCNv3 benchmark: {env.get('device_name', '?')} ({env.get('device', '?')}), suite {env.get('suite', '?')}", ""]
     lines += environment_block(env)
@@ -225,8 +277,17 @@ def summary_markdown(results, parity, env, charts, comparison=None) -> str:
               geometric_mean_speedups(results).to_markdown(**fmt), ""]
     for title, table in speedup_tables(results):
         lines += [f"## Latency p50 and speedup per shape: {title}", "", table.to_markdown(index=False), ""]
+    if profile is not None:
+        lines += ["## Where the time goes (one profiled repetition per row)", "",
+                  "The DCNv3 core's forward and backward, then every other operator's own time by family "
+                  "(bench/profile.py); profiling slows a step down, so the parts are for proportions, the "
+                  "latencies above for speed.", ""]
+        for title, table in time_breakdown(profile):
+            lines += [f"### {title}", "", table.to_markdown(index=False), ""]
     columns = ["implementation", "shape", "mode", "dtype", "p20_ms", "p50_ms", "p80_ms", "gbps",
                "fraction_of_peak", "peak_memory_mb", "speedup"]
+    if "core_share" in results:
+        columns[columns.index("gbps"):columns.index("peak_memory_mb")] = ["core_share"]
     lines += ["## All rows", "", results[columns].to_markdown(**fmt), ""]
     if parity is not None:
         lines += ["## Parity against the float64 reference (before timing)", "",
@@ -240,16 +301,25 @@ def summary_markdown(results, parity, env, charts, comparison=None) -> str:
 def build(run: Path, old: Path | None, compare_fail: str) -> bool:
     """Write run's summary and charts; False when the comparison finds a regression."""
     results, parity, env = load(run)
+    profile = load_profile(run)
+    # Whole models have no bytes-moved model: no latency-against-size or bandwidth charts, a time breakdown.
+    sized = results["bytes_moved"].notna().any()
+    drawings = [("speedup", speedup_chart)] + (
+        [("latency", latency_chart), ("bandwidth", bandwidth_chart)] if sized else [])
     charts = []
     for dtype in results["dtype"].unique():
-        for name, draw in (("speedup", speedup_chart), ("latency", latency_chart), ("bandwidth", bandwidth_chart)):
+        for name, draw in drawings:
             path = run / f"{name}-{dtype}.png"
             draw(results, env, dtype, path)
+            charts.append(path)
+        if profile is not None:
+            path = run / f"time-{dtype}.png"
+            breakdown_chart(profile, env, dtype, path)
             charts.append(path)
     comparison = None
     if old is not None:
         comparison = compare(results, load(old)[0], compare_fail)
-    (run / "summary.md").write_text(summary_markdown(results, parity, env, charts, comparison))
+    (run / "summary.md").write_text(summary_markdown(results, parity, env, charts, comparison, profile))
     print(f"wrote {run / 'summary.md'} and {len(charts)} charts")
     if comparison is not None and comparison["regressed"].any():
         worse = comparison[comparison["regressed"]]

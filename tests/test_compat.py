@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -154,7 +155,13 @@ def test_internimage_calling_convention_through_the_installed_shim(tmp_path):
     """README's install, then InternImage's calling convention (import DCNv3, pkg_resources' version,
     both argument lists) in a fresh process, forward and gradients against the reference."""
     python = _user_venv(tmp_path / "venv")
-    install = [str(python), "-m", "pip", "install", "--quiet", str(ROOT), str(SHIM)]
+    # From a copy: pip's in-tree build would leave build/ and *.egg-info in the checkout.
+    source = tmp_path / "checkout"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".nox", "build", "*.egg-info", "__pycache__", "reports", ".hypothesis", ".benchmarks"))
+    shutil.copytree(ROOT / "reports", source / "reports", ignore=shutil.ignore_patterns("*-*", "__pycache__"))
+    shim = source / "compat" / "DCNv3"
+    install = [str(python), "-m", "pip", "install", "--quiet", str(source), str(shim)]
     subprocess.run(install, check=True, cwd=tmp_path)
     # optimized: pure PyTorch, so the installed copy builds no C++ here; the in-process tests cover "auto".
     env = {**os.environ, "DCNV3_IMPL": "optimized", "PYTHONPATH": ""}
@@ -168,7 +175,7 @@ def test_internimage_calling_convention_through_the_installed_shim(tmp_path):
     # With InternImage's compiled build present, installing the shim again is refused, naming it.
     packages = next((tmp_path / "venv").glob("lib/python*/site-packages"))
     compiled = _compile_fake_extension(packages)
-    refused = subprocess.run([str(python), "-m", "pip", "install", str(SHIM)], cwd=tmp_path,
+    refused = subprocess.run([str(python), "-m", "pip", "install", str(shim)], cwd=tmp_path,
                              capture_output=True, text=True)
     assert refused.returncode != 0
     assert f"InternImage's compiled extension is installed ({compiled})" in refused.stdout + refused.stderr
