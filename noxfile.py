@@ -42,6 +42,12 @@ EMULATED_GATE = ["--impl", "grid_sample", "optimized", "npu_deform_conv", "DCNv3
                  "--impl-module", "stand_in_port:DCNv3Function", "--examples", "4"]
 EMULATED_BENCH = ["--suite", "quick", "--impl", "grid_sample", "optimized", "npu_deform_conv",
                   "--seconds", "0.1", "--parity-examples", "4"]
+# Whole backbones on the smallest configuration (impls/internimage.py's mini): the model gate in every
+# dtype for the kernels CI can run fast (the interpreted Triton kernel included), and on the emulated NPU.
+MODEL_GATE = ["--model", "internimage-mini", "--impl", "optimized", "cpu_kernel", "triton"]
+EMULATED_MODEL_GATE = ["--model", "internimage-mini", "--impl", "optimized", "npu_deform_conv", "--dtype", "float32"]
+EMULATED_MODEL_BENCH = ["--suite", "model-internimage-mini", "--impl", "optimized", "--mode", "forward",
+                        "--seconds", "0.05", "--parity-examples", "0"]
 
 
 def python(session: nox.Session, *args, **kwargs):
@@ -76,7 +82,8 @@ def install_triton_unless_present(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
-    """The CPU parity gate, then the test suite (hypothesis profile `ci` under CI=true, `dev` otherwise).
+    """The CPU parity gate, the model-level gate on the smallest backbone, then the test suite
+    (hypothesis profile `ci` under CI=true, `dev` otherwise).
 
     The Triton kernel takes part through Triton's CPU interpreter."""
     install_needs(session, "pytest-xdist")
@@ -85,6 +92,7 @@ def tests(session: nox.Session) -> None:
     # The gate as CI runs it: every regression problem and GATE_EXAMPLES drawn ones (the
     # property tests draw their own); `nox -s parity` runs the default 200.
     python(session, "-m", "parity", "--device", "cpu", "--examples", GATE_EXAMPLES, env=interpreter)
+    python(session, "-m", "parity", "--device", "cpu", *MODEL_GATE, env=interpreter)
     python(session, "-m", "pytest", "-n", "2", *session.posargs, env=interpreter)
 
 
@@ -117,6 +125,10 @@ def npu_emulated(session: nox.Session) -> None:
     session.run(*measured, "bench", "--device", "npu", *EMULATED_BENCH, "--out", str(work / "bench"),
                 env=emulated, external=True)
     session.run(*measured, "reports", str(work / "bench"), env=emulated, external=True)
+    session.run(*measured, "parity", "--device", "npu", *EMULATED_MODEL_GATE, env=emulated, external=True)
+    session.run(*measured, "bench", "--device", "npu", *EMULATED_MODEL_BENCH, "--out", str(work / "model"),
+                env=emulated, external=True)
+    session.run(*measured, "reports", str(work / "model"), env=emulated, external=True)
 
     user_venv = _venv_seeing(site.getsitepackages()[0], work / "venv")
     nox_in_venv = [str(user_venv), "-m", "nox", "-f", str(ROOT / "noxfile.py"), "-s", "bench-npu"]

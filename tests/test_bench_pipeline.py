@@ -164,3 +164,28 @@ def test_the_backward_mode_can_repeat_its_backward(name):
     backward = runner(impl, shape, "backward", torch.float32, cpu)
     backward()
     backward()
+
+
+def test_model_suite_times_whole_backbones_and_says_where_the_time_goes(tmp_path):
+    """The smallest configuration end to end: gate, timing, profile, report."""
+    status = bench_main(["--device", "cpu", "--suite", "model-internimage-mini", "--impl", "cpu_kernel",
+                         "--seconds", "0.02", "--min-rounds", "3", "--parity-examples", "0", "--out", str(tmp_path)])
+    assert status == 0
+    rows = pd.read_csv(tmp_path / "results.csv")
+    cases = SUITES["model-internimage-mini"]
+    assert len(rows) == 2 * len(cases) * 2  # grid_sample and cpu_kernel, forward and forward+backward
+    assert set(rows["mode"]) == {"forward", "forward+backward"} and set(rows["model"]) == {"mini"}
+    assert rows["core_share"].between(0, 1, inclusive="neither").all() and rows["gbps"].isna().all()
+    assert (rows.loc[rows["implementation"] == "grid_sample", "speedup"] == 1.0).all()
+    profile = pd.read_csv(tmp_path / "profile.csv")
+    for _, case_parts in profile.groupby(["implementation", "shape", "mode"]):
+        assert case_parts["share"].sum() == pytest.approx(1.0)
+        assert {"DCNv3 core", "linear", "convolution", "layer_norm"} <= set(case_parts["part"])
+    # The core's backward is attributed: a training step's core time exceeds its forward's.
+    core = profile[profile["part"] == "DCNv3 core"].set_index(["implementation", "shape", "mode"])["ms"]
+    for impl, shape in {(i, s) for i, s, _ in core.index}:
+        assert core[(impl, shape, "forward+backward")] > core[(impl, shape, "forward")]
+    assert reports_main([str(tmp_path)]) == 0
+    summary = (tmp_path / "summary.md").read_text()
+    assert "## Where the time goes" in summary and "](time-float32.png)" in summary
+    assert not (tmp_path / "latency-float32.png").exists()
