@@ -72,12 +72,19 @@ def pytest_generate_tests(metafunc):
             parametrize_benchmarks(metafunc, fixture)
     if "impl_dtype" in metafunc.fixturenames:
         # Tests marked `compiling` take the implementations that compile per shape
-        # (seconds each); the hypothesis property tests take all the others.
-        compiling = metafunc.definition.get_closest_marker("compiling") is not None
+        # (seconds each); the hypothesis property tests take all the others, those
+        # marked `interpreted` the ones running in an interpreter here, `native` the rest.
+        marked = {m: metafunc.definition.get_closest_marker(m) is not None for m in ("compiling", "interpreted", "native")}
+
+        def wanted(impl) -> bool:
+            if impl.compiles_per_shape != marked["compiling"]:
+                return False
+            return not (marked["interpreted"] and not impl.interpreted()) and not (marked["native"] and impl.interpreted())
+
         pairs = [
             (name, dtype)
             for name in selected_implementations(metafunc.config)
-            if name != "reference" and impls.get(name).compiles_per_shape == compiling
+            if name != "reference" and wanted(impls.get(name))
             for dtype in sorted(impls.get(name).dtypes, key=str)
         ]
         metafunc.parametrize(

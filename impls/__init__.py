@@ -3,6 +3,8 @@
     impls.names()                 -> registered implementation names
     impls.get(name)(input, offset, mask, params)
     impls.dcnv3(...)              -> drop-in for InternImage's DCNv3Function.apply
+    impls.nn.DCNv3(...)           -> drop-in for InternImage's DCNv3 nn.Module (impls/nn.py)
+    impls.internimage.build("T")  -> an InternImage backbone on it, for model-level parity and benchmarks
 """
 
 from __future__ import annotations

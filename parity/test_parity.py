@@ -29,25 +29,32 @@ def check(impl, dtype, device, problem, quantities):
     assert_matches_reference(impl, problem, dtype, device, quantities, THRESHOLDS)
 
 
-@fixture_ok
-@given(problem=problems())
-@with_regressions
-def test_forward_matches_reference(impl, dtype, device, problem):
-    check(impl, dtype, device, problem, ["output"])
+def property_test(quantities, smooth: bool | None = None, examples: int | None = None):
+    """A hypothesis test of `quantities` on drawn problems (smooth ones for the offset gradient) and the
+    regression problems; `examples` caps the drawn ones."""
+
+    @(fixture_ok if examples is None else settings(fixture_ok, max_examples=examples))
+    @given(problem=problems(smooth=smooth))
+    @with_regressions(smooth_only=bool(smooth))
+    def test(impl, dtype, device, problem):
+        check(impl, dtype, device, problem, quantities)
+
+    return test
 
 
-@fixture_ok
-@given(problem=problems())
-@with_regressions
-def test_input_and_mask_gradients_match_reference(impl, dtype, device, problem):
-    check(impl, dtype, device, problem, ["grad_input", "grad_mask"])
-
-
-@fixture_ok
-@given(problem=problems(smooth=True))
-@with_regressions(smooth_only=True)
-def test_offset_gradient_matches_reference(impl, dtype, device, problem):
-    check(impl, dtype, device, problem, ["grad_offset"])
+# Interpreted kernels (Triton's CPU interpreter) take about a second per example: a third of the
+# profile's drawn examples, with every regression problem still.
+INTERPRETED_EXAMPLES = max(settings.default.max_examples // 3, 1)
+FORWARD, GRADIENTS, OFFSET = ["output"], ["grad_input", "grad_mask"], ["grad_offset"]
+test_forward_matches_reference = pytest.mark.native(property_test(FORWARD))
+test_input_and_mask_gradients_match_reference = pytest.mark.native(property_test(GRADIENTS))
+test_offset_gradient_matches_reference = pytest.mark.native(property_test(OFFSET, smooth=True))
+test_interpreted_forward_matches_reference = pytest.mark.interpreted(
+    property_test(FORWARD, examples=INTERPRETED_EXAMPLES))
+test_interpreted_input_and_mask_gradients_match_reference = pytest.mark.interpreted(
+    property_test(GRADIENTS, examples=INTERPRETED_EXAMPLES))
+test_interpreted_offset_gradient_matches_reference = pytest.mark.interpreted(
+    property_test(OFFSET, smooth=True, examples=INTERPRETED_EXAMPLES))
 
 
 @pytest.mark.compiling
