@@ -107,12 +107,11 @@ PROFILE_KEYS = ["implementation", "device", "dtype", "mode", "suite", "shape"]
 def profile_rows(benchmark_json: Path) -> pd.DataFrame:
     """The model records' profiles -> one row per case and time family (ms, share of the profiled step)."""
     records = [r["extra_info"] for r in json.loads(benchmark_json.read_text())["benchmarks"] if "profile_ms" in r["extra_info"]]
-    rows = pd.DataFrame([
+    return pd.DataFrame([
         {**{key: info[key] for key in PROFILE_KEYS}, "clock": info["profile_clock"], "part": part, "ms": ms,
          "share": ms / sum(info["profile_ms"].values())}
         for info in records for part, ms in info["profile_ms"].items()
     ])
-    return rows
 
 
 def tidy_rows(benchmark_json: Path, env: dict) -> pd.DataFrame:

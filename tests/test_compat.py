@@ -179,3 +179,29 @@ def test_internimage_calling_convention_through_the_installed_shim(tmp_path):
                              capture_output=True, text=True)
     assert refused.returncode != 0
     assert f"InternImage's compiled extension is installed ({compiled})" in refused.stdout + refused.stderr
+
+
+@pytest.mark.parametrize("name", [n for n in impls.names() if impls.get(n).gradients is not None])
+def test_shim_backward_calls_a_kernels_own_backward(shim, monkeypatch, name):
+    """The same three gradients as autograd through the implementation, and its forward not run again."""
+    impl = impls.get(name)
+    reason = impl.unavailable_reason("cpu")
+    if reason is not None:
+        pytest.skip(reason)
+    forwards = []
+    spy = registry.Implementation("spy", lambda *args: forwards.append(1) or impl.fn(*args), impl.dtypes, ("cpu",),
+                                  gradients=impl.gradients)
+    registry.add(spy)
+    problem = REGRESSIONS["colliding_input_gradient"]
+    input, offset, mask, grad_output = problem.tensors(torch.float32)
+    monkeypatch.setenv("DCNV3_IMPL", "spy")
+    try:
+        grads = shim.dcnv3_backward(input, offset, mask, *_extension_arguments(problem, False)[:11], grad_output,
+                                    256, problem.params.remove_center)
+    finally:
+        registry.remove("spy")
+    assert forwards == []
+    leaves = [t.clone().requires_grad_() for t in (input, offset, mask)]
+    expected_grads = torch.autograd.grad(impl(*leaves, problem.params), leaves, grad_output)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
