@@ -89,4 +89,4 @@ def dcnv3_grid_sample(input, offset, mask, params: DCNv3Params, position_dtype: 
         batch * group, 1, out_h * out_w, points
     )
     output = (sampled * mask_).sum(-1).view(batch, group * group_channels, out_h * out_w)
-    return output.transpose(1, 2).reshape(batch, out_h, out_w, -1).contiguous().to(out_dtype)
+    return output.transpose(1, 2).reshape(batch, out_h, out_w, group * group_channels).contiguous().to(out_dtype)

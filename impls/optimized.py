@@ -90,7 +90,7 @@ def _grouped(input, params: DCNv3Params):
 def _mask_by_point(mask, params: DCNv3Params):
     """[N, Ho, Wo, G*P] -> [N, G, P, Ho*Wo], contiguous: multiplies with a strided mask ran 3.5x slower."""
     batch, out_h, out_w, _ = mask.shape
-    return _transposed(mask.reshape(batch, out_h * out_w, -1)).view(
+    return _transposed(mask.reshape(batch, out_h * out_w, params.group * params.points)).view(
         batch, params.group, params.points, out_h * out_w
     )
 
@@ -138,7 +138,7 @@ def _permute_pairs(pairs, dims):
 
 def _batch_chunks(batch: int, sampled_bytes_per_image: int, device: torch.device) -> list[slice]:
     budget = devices.temporary_budget_bytes(device)
-    per_chunk = batch if budget is None else max(1, budget // max(sampled_bytes_per_image, 1))
+    per_chunk = max(batch, 1) if budget is None else max(1, budget // max(sampled_bytes_per_image, 1))
     return [slice(first, min(first + per_chunk, batch)) for first in range(0, batch, per_chunk)]
 
 
@@ -166,7 +166,7 @@ class _DCNv3GridSample(torch.autograd.Function):
             sampled = F.grid_sample(
                 _grouped(input[part], params), grid[_group_slice(part, group)],
                 mode="bilinear", padding_mode="zeros", align_corners=False,
-            ).view(-1, group, group_channels, points, out_h * out_w)
+            ).view(part.stop - part.start, group, group_channels, points, out_h * out_w)
             _store_channels_last(_sum_of_products(sampled, weights[part], dim=3), output[part])
             sampled_parts.append(sampled)
 
@@ -187,8 +187,9 @@ class _DCNv3GridSample(torch.autograd.Function):
         grad_input = torch.empty_like(input)
         grad_grid = torch.empty_like(grid)
         grad_mask = torch.empty(batch, out_h, out_w, group * points, device=input.device, dtype=input.dtype)
-        # One buffer for every part (the first is the largest): later parts reuse its pages.
-        grad_sampled_buffer = torch.empty_like(sampled_parts[0])
+        # One buffer for every part (the first is the largest): later parts reuse its pages. An empty
+        # batch has no part and gives empty gradients.
+        grad_sampled_buffer = torch.empty_like(sampled_parts[0]) if sampled_parts else None
         for part, sampled in zip(ctx.parts, sampled_parts):
             images = part.stop - part.start
             # [n, Ho, Wo, G*D] -> [n, G, D, 1, Ho*Wo], contiguous: every multiply below runs along Ho*Wo.

@@ -6,6 +6,7 @@ the same message, before any of them does work.
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass, fields
 from typing import Iterable
@@ -50,8 +51,14 @@ class DCNv3Params:
             scale = float(self.offset_scale)
         except (TypeError, ValueError):
             raise ValueError(f"offset_scale must be a number, got {self.offset_scale!r}") from None
+        if not math.isfinite(scale):
+            # Accepted, it would turn every sampling position, and so the whole output, into NaN.
+            raise ValueError(f"offset_scale must be finite, got {scale}")
         object.__setattr__(self, "offset_scale", scale)
         object.__setattr__(self, "remove_center", bool(self.remove_center))
+        if self.remove_center and self.kernel_h * self.kernel_w == 1:
+            raise ValueError("remove_center with a 1x1 kernel leaves no sampling point (P = 0): "
+                             f"kernel_h={self.kernel_h}, kernel_w={self.kernel_w}")
         if self.remove_center and (
             self.kernel_h != self.kernel_w or self.kernel_h % 2 == 0
         ):

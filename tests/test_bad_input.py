@@ -88,3 +88,23 @@ def test_non_finite_values_propagate_rather_than_raise():
     output = impls.get("grid_sample")(input, offset, mask.fill_(1.0 / 9), PARAMS)
     assert torch.isnan(output[0, 2, 3, 0])
     assert torch.isfinite(output[1]).all()
+
+
+@pytest.mark.parametrize("name", impls.names())
+def test_an_empty_batch_gives_empty_outputs_and_gradients(name):
+    """N = 0 (a detection model's empty crop list) is legal: empty results, as PyTorch ops give."""
+    impl = impls.get(name)
+    if not impl.available("cpu"):
+        pytest.skip(impl.unavailable_reason("cpu"))
+    for params in (PARAMS, dataclasses.replace(PARAMS, stride_h=2, remove_center=True)):
+        for dtype in sorted(impl.dtypes, key=str):
+            leaves = [t.requires_grad_() for t in good(params, batch=0, dtype=dtype)]
+            output = impl(*leaves, params)
+            assert output.shape == (0, *params.output_size(5, 6), params.channels) and output.dtype == dtype
+            grads = torch.autograd.grad(output, leaves, torch.ones_like(output))
+            assert [g.shape for g in grads] == [t.shape for t in leaves]
+
+
+def test_non_finite_parameters_are_rejected_by_dcnv3():
+    with pytest.raises(ValueError, match="offset_scale must be finite, got nan"):
+        impls.dcnv3(*good(), *dataclasses.astuple(PARAMS)[:10], float("nan"), 64, False)

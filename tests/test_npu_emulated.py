@@ -193,6 +193,16 @@ def test_npu_deform_conv_compiles_per_shape():
     assert impls.get("npu_deform_conv").compiles_per_shape
 
 
+@pytest.mark.parametrize("name", ["grid_sample", "optimized", "npu_deform_conv"])
+def test_an_empty_batch_gives_empty_outputs_and_gradients_on_the_npu(name):
+    params = impls.DCNv3Params(3, 3, 1, 1, 1, 1, 1, 1, group=2, group_channels=4)
+    leaves = [torch.zeros(0, 5, 5, last, device=NPU, requires_grad=True) for last in (8, 36, 18)]
+    output = impls.get(name)(*leaves, params)
+    grads = torch.autograd.grad(output, leaves, torch.ones_like(output))
+    assert output.shape == (0, 5, 5, 8) and output.device.type == "npu"
+    assert [g.shape for g in grads] == [t.shape for t in leaves]
+
+
 def test_the_triton_kernel_matches_the_reference_on_the_npu():
     triton = impls.get("triton")
     if triton.unavailable_reason(NPU) is not None:

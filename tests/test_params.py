@@ -49,6 +49,17 @@ def test_remove_center_needs_a_square_odd_kernel(kernel):
         make(kernel_h=kernel[0], kernel_w=kernel[1], remove_center=True)
 
 
+def test_remove_center_needs_more_than_one_point():
+    with pytest.raises(ValueError, match=r"remove_center with a 1x1 kernel leaves no sampling point \(P = 0\)"):
+        make(kernel_h=1, kernel_w=1, pad_h=0, pad_w=0, remove_center=True)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_offset_scale_must_be_finite(value):
+    with pytest.raises(ValueError, match=rf"offset_scale must be finite, got {value}"):
+        make(offset_scale=value)
+
+
 @pytest.mark.parametrize("value", [1.5, "3", True])
 def test_sizes_must_be_integers(value):
     with pytest.raises(ValueError, match="kernel_h must be an integer"):
