@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
+from tqdm import tqdm
 
 import impls
 from impls import devices, external, internimage
@@ -94,52 +95,90 @@ def usable_dtypes(dtypes, device) -> tuple[list, dict[str, str]]:
     return usable, {name: reason for name, reason in reasons.items() if reason}
 
 
-def run(implementations, dtypes, cases, device, thresholds: Thresholds, progress=None,
-        compiled_examples: int | None = None) -> pd.DataFrame:
-    """Rows for every implementation x dtype x case of `sweep()`; implementations that
-    compile per shape take the regression cases and the first `compiled_examples` drawn ones."""
+class Progress:
+    """What a long gate run is doing, on stderr: per implementation a bar with its cases done of total,
+    elapsed time and an estimate on a terminal (tqdm), one line when it ends otherwise (CI logs); and
+    its first SHOWN_FAILURES failing rows as they happen (a broken kernel fails thousands)."""
+
+    SHOWN_FAILURES = 10
+
+    def __init__(self, device: torch.device, enabled: bool = True):
+        self.device, self.enabled, self.terminal = device, enabled, sys.stderr.isatty()
+
+    def start(self, name: str, total: int) -> None:
+        self.name, self.started, self.done, self.failures = name, time.perf_counter(), 0, 0
+        self.bar = tqdm(total=total, desc=f"parity on {self.device}: {name}", unit="case", file=sys.stderr,
+                        disable=not (self.enabled and self.terminal), dynamic_ncols=True)
+
+    def failed(self, row: dict) -> None:
+        self.failures += 1
+        if self.enabled and self.failures == self.SHOWN_FAILURES + 1:
+            tqdm.write(f"FAIL {self.name}: further failing rows are in the report", file=sys.stderr)
+        if self.enabled and self.failures <= self.SHOWN_FAILURES:
+            why = row["error"] or f"{row['max_abs_diff']:.2e} > {row['threshold']:.0e}"
+            tqdm.write(f"FAIL {row['implementation']} {row['dtype']} {row['quantity']} case {row['case']} "
+                       f"({row['problem']}): {why}", file=sys.stderr)
+
+    def advance(self) -> None:
+        self.done += 1
+        self.bar.update()
+
+    def finish(self) -> None:
+        self.bar.close()
+        if self.enabled and not self.terminal:
+            print(f"parity on {self.device}: {self.name}: {self.done} cases x dtypes in "
+                  f"{time.perf_counter() - self.started:.1f} s, {self.failures} failing rows", file=sys.stderr)
+
+
+def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled_examples: int | None = None,
+        progress: bool = True) -> pd.DataFrame:
+    """Rows for every implementation x case of `sweep()` x dtype it declares; implementations that
+    compile per shape take the regression cases and the first `compiled_examples` drawn ones. One
+    implementation at a time (its progress shown), each case's reference computed once for all."""
     compiled_cases = None if compiled_examples is None else len(REGRESSIONS) + compiled_examples
+    truths: dict[tuple[int, torch.dtype], dict] = {}
+    shown = Progress(device, progress)
     rows = []
-    for index, problem in enumerate(cases):
-        for dtype in dtypes:
-            users = [
-                impl for impl in implementations
-                if impl.supports(dtype)
-                and not (impl.compiles_per_shape and compiled_cases is not None and index >= compiled_cases)
-            ]
-            if not users:
-                continue
-            truth = expected(problem, dtype)
-            for impl in users:
-                # A kernel that raises fails its case; the gate goes on and reports the error.
-                try:
-                    actual, error = evaluate(impl, problem, dtype, device), ""
-                except Exception as exception:
-                    actual, error = None, devices.describe(exception)
-                for quantity, reference_value in truth.items():
-                    if actual is None:
-                        max_abs = max_rel = float("inf")
-                    else:
-                        max_abs, max_rel = differences(actual[quantity], reference_value)
-                    limit = thresholds.get(impl.name, dtype, quantity)
-                    rows.append(
-                        {
-                            "implementation": impl.name,
-                            "device": device.type,
-                            "dtype": dtype_name(dtype),
-                            "quantity": quantity,
-                            "case": index,
-                            "max_abs_diff": max_abs,
-                            "max_rel_diff": max_rel,
-                            "threshold": limit,
-                            "pass": bool(max_abs <= limit),
-                            "problem": problem.label(),
-                            "error": error,
-                            **problem.describe(),
-                        }
-                    )
-        if progress:
-            progress(index + 1, len(cases))
+    for impl in implementations:
+        work = [
+            (index, problem, dtype) for index, problem in enumerate(cases) for dtype in dtypes
+            if impl.supports(dtype)
+            and not (impl.compiles_per_shape and compiled_cases is not None and index >= compiled_cases)
+        ]
+        shown.start(impl.name, len(work))
+        for index, problem, dtype in work:
+            if (index, dtype) not in truths:
+                truths[index, dtype] = expected(problem, dtype)
+            # A kernel that raises fails its case; the gate goes on and reports the error.
+            try:
+                actual, error = evaluate(impl, problem, dtype, device), ""
+            except Exception as exception:
+                actual, error = None, devices.describe(exception)
+            for quantity, reference_value in truths[index, dtype].items():
+                if actual is None:
+                    max_abs = max_rel = float("inf")
+                else:
+                    max_abs, max_rel = differences(actual[quantity], reference_value)
+                limit = thresholds.get(impl.name, dtype, quantity)
+                row = {
+                    "implementation": impl.name,
+                    "device": device.type,
+                    "dtype": dtype_name(dtype),
+                    "quantity": quantity,
+                    "case": index,
+                    "max_abs_diff": max_abs,
+                    "max_rel_diff": max_rel,
+                    "threshold": limit,
+                    "pass": bool(max_abs <= limit),
+                    "problem": problem.label(),
+                    "error": error,
+                    **problem.describe(),
+                }
+                rows.append(row)
+                if not row["pass"]:
+                    shown.failed(row)
+            shown.advance()
+        shown.finish()
     return pd.DataFrame(rows)
 
 
@@ -221,12 +260,7 @@ def main(argv=None) -> int:
         return model_parity.main(args, implementations, skipped, dtypes, device)
     cases = sweep(args.examples, args.seed)
     started = time.perf_counter()
-
-    def progress(done, total):
-        print(f"\rparity on {device}: case {done}/{total}", end="", file=sys.stderr, flush=True)
-
-    results = run(implementations, dtypes, cases, device, thresholds, progress if sys.stderr.isatty() else None,
-                  compiled_examples=args.compiled_examples)
+    results = run(implementations, dtypes, cases, device, thresholds, compiled_examples=args.compiled_examples)
     if results.empty:
         print(f"python -m parity: none of {', '.join(i.name for i in implementations)} supports "
               f"{', '.join(dtype_name(d) for d in dtypes)}", file=sys.stderr)
@@ -241,8 +275,6 @@ def main(argv=None) -> int:
         f"torch {torch.__version__}, {elapsed:.1f} s. {verdict}."
     )
     report = markdown(summary, skipped, header)
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
     print(report)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -207,7 +207,9 @@ def main(args, implementations, skipped, dtypes, device) -> int:
     if not args.impl:
         implementations, unavailable = default_implementations(device)
         skipped = {**unavailable, **skipped}
-    reporter = (lambda line: print(f"model parity on {device}: {line}", file=sys.stderr)) if sys.stderr.isatty() else None
+    def reporter(line: str) -> None:
+        print(f"model parity on {device}: {line}", file=sys.stderr)
+
     started = time.perf_counter()
     results = run(implementations, dtypes, device, config, size, args.batch, args.seed, reporter)
     summary = summarise(results)

@@ -31,7 +31,7 @@ def float32_positions(input, offset, mask, params):
 
 def offset_pair_swapped(input, offset, mask, params):
     """A port written from a "(dy, dx)" formula reads the pair the wrong way round."""
-    pairs = offset.reshape(*offset.shape[:3], -1, 2).flip(-1)
+    pairs = offset.reshape(*offset.shape[:3], offset.shape[3] // 2, 2).flip(-1)
     return dcnv3_grid_sample(input, pairs.reshape(offset.shape), mask, params, compute_dtype(input.dtype))
 
 
@@ -80,11 +80,17 @@ def test_fixed_fallback_passes_the_same_regression(defect):
 
 def test_gate_exits_nonzero_on_a_mutant(registered, tmp_path, capsys):
     registered("mutant_offset_pair_order", offset_pair_swapped)
-    status = gate.main(["--device", "cpu", "--impl", "mutant_offset_pair_order", "--dtype", "float32",
-                        "--examples", "0", "--out", str(tmp_path)])
+    status = gate.main(["--device", "cpu", "--impl", "mutant_offset_pair_order", "grid_sample", "--dtype", "float32",
+                        "--examples", "6", "--out", str(tmp_path)])
     assert status == 1
-    assert "FAIL" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "FAIL" in captured.out
     assert (tmp_path / "parity.csv").read_text().count("False") > 0
+    # Progress, as a CI log shows it: failing rows as they happen (at most ten), a line per implementation.
+    failing = [line for line in captured.err.splitlines() if line.startswith("FAIL mutant_offset_pair_order float32")]
+    assert 1 <= len(failing) <= gate.Progress.SHOWN_FAILURES
+    assert "parity on cpu: mutant_offset_pair_order: 12 cases x dtypes in " in captured.err
+    assert "parity on cpu: grid_sample: 12 cases x dtypes in " in captured.err and ", 0 failing rows" in captured.err
 
 
 def test_no_implementation_uses_cuda_only_amp_decorators():
