@@ -2,12 +2,43 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from impls import Implementation, get
 from parity.problems import Problem
 
 QUANTITIES = ("output", "grad_input", "grad_offset", "grad_mask")
+TENSORS = ("input", "offset", "mask")
+# Per implementation, its last output while something else keeps it alive (KernelBench's cached-result check).
+_last_output: dict[str, weakref.ref] = {}
+
+
+class Cheat(Exception):
+    """An implementation broke a rule no correct kernel breaks (KernelBench's anti-cheat list)."""
+
+
+def _storage(tensor: torch.Tensor) -> int:
+    return tensor.untyped_storage().data_ptr()
+
+
+def checked_call(impl: Implementation, leaves, params) -> torch.Tensor:
+    """impl's output, after checking that the call left its inputs as they were, that the output shares
+    no memory with them, and that it is not the very object the last call returned."""
+    before = [t.detach().clone() for t in leaves]
+    output = impl(*leaves, params)
+    for name, tensor, copy in zip(TENSORS, leaves, before):
+        kept = (tensor.detach() == copy) | (tensor.detach().isnan() & copy.isnan())
+        if not bool(kept.all()):
+            raise Cheat(f"anti-cheat: the call changed its {name}")
+    if output.numel() and any(t.numel() and _storage(output) == _storage(t) for t in leaves):
+        raise Cheat("anti-cheat: the output shares memory with an input")
+    previous = _last_output.get(impl.name)
+    if previous is not None and previous() is output:
+        raise Cheat("anti-cheat: the same output object came back for a different problem")
+    _last_output[impl.name] = weakref.ref(output)
+    return output
 
 
 def evaluate(impl: Implementation, problem: Problem, dtype: torch.dtype, device,
@@ -20,7 +51,7 @@ def evaluate(impl: Implementation, problem: Problem, dtype: torch.dtype, device,
     backward runs only when a gradient is asked for.
     """
     input, offset, mask, grad_output = problem.tensors(dtype, device)
-    return _run(impl, (input, offset, mask), grad_output, problem, quantities)
+    return _run(impl, (input, offset, mask), grad_output, problem, quantities, checked_call)
 
 
 def expected(problem: Problem, dtype: torch.dtype, quantities=QUANTITIES) -> dict[str, torch.Tensor]:
@@ -29,9 +60,13 @@ def expected(problem: Problem, dtype: torch.dtype, quantities=QUANTITIES) -> dic
     return _run(get("reference"), tensors[:3], tensors[3], problem, quantities)
 
 
-def _run(impl, leaves, grad_output, problem, quantities):
+def plain_call(impl: Implementation, leaves, params) -> torch.Tensor:
+    return impl(*leaves, params)
+
+
+def _run(impl, leaves, grad_output, problem, quantities, call=plain_call):
     leaves = [t.detach().requires_grad_() for t in leaves]
-    output = impl(*leaves, problem.params)
+    output = call(impl, leaves, problem.params)
     result = {"output": output}
     if set(quantities) - {"output"}:
         grads = torch.autograd.grad(output, leaves, grad_output)

@@ -15,6 +15,7 @@ from impls import registry
 from impls.grid_sample import compute_dtype, dcnv3_grid_sample
 from parity import gate
 from parity.compare import differences, evaluate, expected
+from parity.problems import Problem
 from parity.regressions import REGRESSIONS
 from parity.thresholds import Thresholds
 
@@ -98,3 +99,46 @@ def test_no_implementation_uses_cuda_only_amp_decorators():
     sources = Path(impls.__file__).parent.rglob("*.py")
     offenders = [str(path) for path in sources if "torch.cuda.amp" in path.read_text()]
     assert offenders == []
+
+
+def mutates_its_input(input, offset, mask, params):
+    output = dcnv3_grid_sample(input, offset, mask, params, compute_dtype(input.dtype))
+    with torch.no_grad():
+        mask.mul_(0.5)
+    return output
+
+
+def aliases_its_input(input, offset, mask, params):
+    """A 1x1 kernel's output has the input's shape: returning a view of the input is a cheat."""
+    return input.view_as(input) if params.points == 1 else dcnv3_grid_sample(
+        input, offset, mask, params, compute_dtype(input.dtype))
+
+
+_CACHE = {}
+
+
+def returns_a_cached_output(input, offset, mask, params):
+    """Computes the first problem of each shape and returns that same tensor ever after."""
+    key = (tuple(input.shape), input.dtype)
+    if key not in _CACHE:
+        _CACHE[key] = dcnv3_grid_sample(input, offset, mask, params, compute_dtype(input.dtype))
+    return _CACHE[key]
+
+
+@pytest.mark.parametrize("fn, message", [
+    (mutates_its_input, "anti-cheat: the call changed its mask"),
+    (aliases_its_input, "anti-cheat: the output shares memory with an input"),
+    (returns_a_cached_output, "anti-cheat: the same output object came back for a different problem"),
+])
+def test_the_gate_catches_kernels_that_cheat(fn, message, registered):
+    cheat = registered(f"cheat_{fn.__name__}", fn)
+    same_shape = dataclasses.replace(REGRESSIONS["padding_order"], seed=11)
+    one_by_one = Problem(batch=1, height=4, width=4, params=impls.DCNv3Params(1, 1, 1, 1, 0, 0, 1, 1, 1, 4),
+                         offset_kind="inside", smooth=True, seed=3)
+    results = gate.run([cheat], [torch.float32], [REGRESSIONS["padding_order"], same_shape, one_by_one], torch.device("cpu"),
+                       THRESHOLDS, progress=False)
+    assert not results["pass"].all()
+    assert results.loc[~results["pass"], "error"].str.contains(message).all()
+    honest = gate.run([impls.get("grid_sample")], [torch.float32], [REGRESSIONS["padding_order"], same_shape, one_by_one],
+                      torch.device("cpu"), THRESHOLDS, progress=False)
+    assert honest["pass"].all()
