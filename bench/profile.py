@@ -43,29 +43,39 @@ def family(name: str) -> str:
     return "other"
 
 
-def breakdown(run: Callable[[], None], device: torch.device) -> dict[str, float]:
-    """Milliseconds per family for one call of run, the core first, then what no operator accounts for."""
-    activities, device_times, _ = devices.profiler_clock(device)
+def _has_ancestor(event, test) -> bool:
+    while event is not None:
+        if test(event):
+            return True
+        event = event.cpu_parent
+    return False
+
+
+def core_roots(events) -> list:
+    """The events whose whole subtree is the core's: its forward ranges, and the backward nodes that an
+    operator inside one of them created (same sequence number)."""
+    forward_sequence = {event.sequence_nr for event in events if event.sequence_nr >= 0
+                        and _has_ancestor(event, lambda e: e.name == CORE_RANGE)}
+    return [event for event in events if event.name == CORE_RANGE
+            or (event.name.startswith(BACKWARD_NODE) and event.sequence_nr in forward_sequence)]
+
+
+def profiled(run: Callable[[], None], device: torch.device) -> tuple[list, float]:
+    """(the host-side events of one call of run under torch.profiler, its wall time in ms)."""
+    activities, _, _ = devices.profiler_clock(device)
     started = time.perf_counter()
     with profile(activities=activities) as profiler:
         run()
         devices.synchronize(device)
     wall_ms = (time.perf_counter() - started) * 1e3
-    events = [event for event in profiler.events() if event.device_type == torch.autograd.DeviceType.CPU]
+    return [event for event in profiler.events() if event.device_type == torch.autograd.DeviceType.CPU], wall_ms
 
-    def has_ancestor(event, test) -> bool:
-        while event is not None:
-            if test(event):
-                return True
-            event = event.cpu_parent
-        return False
 
-    forward_sequence = {event.sequence_nr for event in events if event.sequence_nr >= 0
-                        and has_ancestor(event, lambda e: e.name == CORE_RANGE)}
-
-    def is_core(event) -> bool:
-        return event.name == CORE_RANGE or (event.name.startswith(BACKWARD_NODE)
-                                            and event.sequence_nr in forward_sequence)
+def breakdown(run: Callable[[], None], device: torch.device) -> dict[str, float]:
+    """Milliseconds per family for one call of run, the core first, then what no operator accounts for."""
+    _, device_times, _ = devices.profiler_clock(device)
+    events, wall_ms = profiled(run, device)
+    roots = {id(event) for event in core_roots(events)}
 
     def own_ms(event) -> float:
         micros = event.self_device_time_total if device_times else event.self_cpu_time_total
@@ -73,7 +83,7 @@ def breakdown(run: Callable[[], None], device: torch.device) -> dict[str, float]
 
     totals = {CORE: 0.0}
     for event in events:
-        label = CORE if has_ancestor(event, is_core) else family(event.name.removeprefix(BACKWARD_NODE))
+        label = CORE if _has_ancestor(event, lambda e: id(e) in roots) else family(event.name.removeprefix(BACKWARD_NODE))
         totals[label] = totals.get(label, 0.0) + own_ms(event)
     if not device_times:  # device times do not add up to the host's wall time
         totals[UNTRACKED] = max(wall_ms - sum(totals.values()), 0.0)

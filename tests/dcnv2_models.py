@@ -68,7 +68,7 @@ def torchvision_deform_conv2d(input, offset, weight, bias=None, stride=(1, 1), p
     """torchvision.ops.deform_conv2d: offset [N, 2*dg*K, Ho, Wo] of (dy, dx) pairs; mask [N, dg*K, Ho, Wo]."""
     batch, _, out_h, out_w = offset.shape
     points = weight.shape[2] * weight.shape[3]
-    pairs = offset.reshape(batch, -1, points, 2, out_h, out_w)
+    pairs = offset.reshape(batch, offset.shape[1] // (2 * points), points, 2, out_h, out_w)
     output, _ = modulated_deform_conv(
         input, pairs[:, :, :, 1], pairs[:, :, :, 0], mask.reshape(pairs[:, :, :, 0].shape), weight,
         stride, padding, dilation,

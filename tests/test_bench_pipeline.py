@@ -13,6 +13,9 @@ import torch
 
 import impls
 from bench import traffic
+from impls import internimage as models
+from bench import profile
+from bench.cases import model_runner
 from bench.run import main as bench_main
 from bench.run import tidy_rows
 from bench.shapes import SUITES, Shape, dcnv3_3x3, internimage, suite
@@ -181,11 +184,21 @@ def test_model_suite_times_whole_backbones_and_says_where_the_time_goes(tmp_path
     for _, case_parts in profile.groupby(["implementation", "shape", "mode"]):
         assert case_parts["share"].sum() == pytest.approx(1.0)
         assert {"DCNv3 core", "linear", "convolution", "layer_norm"} <= set(case_parts["part"])
-    # The core's backward is attributed: a training step's core time exceeds its forward's.
-    core = profile[profile["part"] == "DCNv3 core"].set_index(["implementation", "shape", "mode"])["ms"]
-    for impl, shape in {(i, s) for i, s, _ in core.index}:
-        assert core[(impl, shape, "forward+backward")] > core[(impl, shape, "forward")]
     assert reports_main([str(tmp_path)]) == 0
     summary = (tmp_path / "summary.md").read_text()
     assert "## Where the time goes" in summary and "](time-float32.png)" in summary
     assert not (tmp_path / "latency-float32.png").exists()
+
+
+def test_the_profile_gives_the_core_its_backward_and_nothing_else():
+    """Which autograd nodes count as the core's (bench/profile.py), on grid_sample, whose backward is
+    ordinary PyTorch nodes: its grid sampler's, and none of the linear layers' around it."""
+    run = model_runner(impls.get("grid_sample"), SUITES["model-internimage-mini"][0], "forward+backward",
+                       torch.float32, torch.device("cpu"))
+    events, _ = profile.profiled(run, torch.device("cpu"))
+    nodes = {event.name.removeprefix(profile.BACKWARD_NODE) for event in profile.core_roots(events)
+             if event.name.startswith(profile.BACKWARD_NODE)}
+    assert "GridSampler2DBackward0" in nodes
+    assert not {"AddmmBackward0", "NativeLayerNormBackward0", "ConvolutionBackward0"} & nodes
+    forward_ranges = [event for event in profile.core_roots(events) if event.name == profile.CORE_RANGE]
+    assert len(forward_ranges) == sum(models.named("mini").depths)

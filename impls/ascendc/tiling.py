@@ -91,6 +91,8 @@ def plan(batch: int, out_h: int, out_w: int, params: DCNv3Params, backward: bool
             f"{ub_bytes(1, params, backward)} bytes of UB for one pixel; "
             f"{ub_capacity - UB_RESERVED_BYTES} are available"
         )
+    if pixels == 0:  # an empty batch: no tile, no launch (the kernel's host code returns at once)
+        return Plan(pixels=0, groups=params.group, block_pixels=1, blocks=0)
     block_pixels = max(_balanced_block_pixels(pixels, params.group, vector_cores, fits), 1)
     tiles = math.ceil(pixels / block_pixels) * params.group
     return Plan(pixels=pixels, groups=params.group, block_pixels=block_pixels, blocks=min(tiles, vector_cores))
