@@ -135,7 +135,9 @@ def run(implementations, dtypes, device, config: internimage.Config, size: int, 
                  .rename("baseline_rel_l2").reset_index())
     results = results.merge(yardstick, on=["dtype", "family"], how="left")
     floor = results["dtype"].map(bounds["floor"])
-    results["threshold"] = (bounds["factor"] * results["baseline_rel_l2"]).clip(lower=floor)
+    # A baseline that raised or gave NaN measures nothing: its bound is NaN, and every row of it fails.
+    yardstick = results["baseline_rel_l2"].where(results["baseline_rel_l2"] < float("inf"))
+    results["threshold"] = (bounds["factor"] * yardstick).clip(lower=floor)
     results["pass"] = results["rel_l2"] <= results["threshold"]
     return results
 

@@ -76,3 +76,21 @@ def test_bad_model_options_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit:
         gate.main(argv)
     assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_broken_baseline_fails_the_gate_instead_of_loosening_it(monkeypatch, tmp_path):
+    """The bound is measured from grid_sample: where that run raises, nothing may pass against it."""
+    from parity import model
+
+    real = model.quantities
+    calls = []
+
+    def baseline_raises(*args):
+        calls.append(1)
+        if len(calls) == 2:  # the truth first, then grid_sample's float32 run
+            raise RuntimeError("baseline broke")
+        return real(*args)
+
+    monkeypatch.setattr(model, "quantities", baseline_raises)
+    status, rows = model_gate(tmp_path, "optimized", dtypes=("float32",))
+    assert status == 1 and not rows["pass"].any()
