@@ -274,10 +274,14 @@ def main(argv=None) -> int:
         f"{len(cases)} cases ({len(REGRESSIONS)} regression, seed {args.seed}), "
         f"torch {torch.__version__}, {elapsed:.1f} s. {verdict}."
     )
-    report = markdown(summary, skipped, header)
+    return publish(markdown(summary, skipped, header), results, args.out, "parity", failed)
+
+
+def publish(report: str, results: pd.DataFrame, out: Path | None, stem: str, failed: int) -> int:
+    """Print the report, write it and the rows as out/stem.md and out/stem.csv; the exit status."""
     print(report)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        results.to_csv(args.out / "parity.csv", index=False)
-        (args.out / "parity.md").write_text(report)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        results.to_csv(out / f"{stem}.csv", index=False)
+        (out / f"{stem}.md").write_text(report)
     return 0 if failed == 0 else 1

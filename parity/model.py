@@ -225,10 +225,6 @@ def main(args, implementations, skipped, dtypes, device) -> int:
         f"dtype's floor (parity/model_thresholds.toml). "
         f"torch {torch.__version__}, {time.perf_counter() - started:.1f} s. {verdict}."
     )
-    text = report(summary, skipped, header)
-    print(text)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        results.to_csv(args.out / "model-parity.csv", index=False)
-        (args.out / "model-parity.md").write_text(text)
-    return 0 if failed == 0 else 1
+    from parity.gate import publish  # the gate imports this module
+
+    return publish(report(summary, skipped, header), results, args.out, "model-parity", failed)
