@@ -27,62 +27,49 @@ def make_inputs(shape: Shape, dtype: torch.dtype, device: torch.device, seed: in
     return input, offset, mask, grad_output
 
 
-def runner(impl: Implementation, shape: Shape, mode: str, dtype: torch.dtype, device: torch.device) -> Callable[[], None]:
-    """A callable doing one repetition of `mode`; the backward mode's forward is done here, once."""
-    input, offset, mask, grad_output = make_inputs(shape, dtype, device)
-    params = shape.params
+def repetition(mode: str, forward: Callable[[], object], differentiated: list[torch.Tensor],
+               cotangents) -> Callable[[], None]:
+    """One repetition of `mode` of `forward()`: under no_grad, the gradients of `differentiated`, or both;
+    the backward mode's forward is done here, once."""
     if mode == "forward":
 
-        def forward():
+        def forward_only():
             with torch.no_grad():
-                impl(input, offset, mask, params)
+                forward()
 
-        return forward
-    leaves = [t.requires_grad_() for t in (input, offset, mask)]
+        return forward_only
     if mode == "backward":
-        output = impl(*leaves, params)
+        output = forward()
 
         def backward():
-            torch.autograd.grad(output, leaves, grad_output, retain_graph=True)
+            torch.autograd.grad(output, differentiated, cotangents, retain_graph=True)
 
         return backward
     if mode == "forward+backward":
 
         def forward_backward():
-            torch.autograd.grad(impl(*leaves, params), leaves, grad_output)
+            torch.autograd.grad(forward(), differentiated, cotangents)
 
         return forward_backward
     raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+def runner(impl: Implementation, shape: Shape, mode: str, dtype: torch.dtype, device: torch.device) -> Callable[[], None]:
+    """A callable doing one repetition of `mode` of the operator, differentiated in its three tensors."""
+    input, offset, mask, grad_output = make_inputs(shape, dtype, device)
+    leaves = [input, offset, mask] if mode == "forward" else [t.requires_grad_() for t in (input, offset, mask)]
+    return repetition(mode, lambda: impl(*leaves, shape.params), leaves, grad_output)
 
 
 def model_runner(impl: Implementation, case: ModelCase, mode: str, dtype: torch.dtype,
                  device: torch.device) -> Callable[[], None]:
     """One repetition of `mode` for the whole backbone with impl's core: a forward, or a training step's
-    forward and backward (gradients of every parameter); the backward mode's forward is done here, once."""
+    forward and backward (gradients of every parameter)."""
     model = internimage.build(case.config, impl=impl.name, dtype=dtype, device=device)
     generator = torch.Generator().manual_seed(0)
     image = torch.randn(case.batch, 3, case.size, case.size, generator=generator).to(device, dtype)
-    if mode == "forward":
-
-        def forward():
-            with torch.no_grad():
-                model(image)
-
-        return forward
-    parameters = list(model.parameters())
-    with torch.no_grad():
-        cotangents = [torch.randn(o.shape, generator=generator).to(device, dtype) for o in model(image)]
-    if mode == "backward":
-        outputs = model(image)
-
-        def backward():
-            torch.autograd.grad(outputs, parameters, cotangents, retain_graph=True)
-
-        return backward
-    if mode == "forward+backward":
-
-        def forward_backward():
-            torch.autograd.grad(model(image), parameters, cotangents)
-
-        return forward_backward
-    raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    cotangents = []
+    if mode != "forward":  # shaped like the four stage outputs
+        with torch.no_grad():
+            cotangents = [torch.randn(o.shape, generator=generator).to(device, dtype) for o in model(image)]
+    return repetition(mode, lambda: model(image), list(model.parameters()), cotangents)

@@ -189,15 +189,13 @@ class InternImage(nn.Module):
         self.patch_embed = StemLayer(config.channels)
         self.levels = nn.ModuleList([InternImageBlock(config, stage, impl) for stage in range(len(config.depths))])
         self.apply(_init_weights)
-        for module in self.modules():
-            if isinstance(module, dcnv3_nn.DCNv3):
-                module.reset_parameters()
+        for layer in dcnv3_layers(self):
+            layer.reset_parameters()
 
     def set_impl(self, impl: str) -> InternImage:
         """Run every DCNv3 layer's core on `impl` (the weights stay as they are)."""
-        for module in self.modules():
-            if isinstance(module, dcnv3_nn.DCNv3):
-                module.impl = impl
+        for layer in dcnv3_layers(self):
+            layer.impl = impl
         return self
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -207,6 +205,10 @@ class InternImage(nn.Module):
             out, x = level(x)
             outputs.append(out)
         return tuple(outputs)
+
+
+def dcnv3_layers(model: nn.Module) -> list[dcnv3_nn.DCNv3]:
+    return [module for module in model.modules() if isinstance(module, dcnv3_nn.DCNv3)]
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -225,10 +227,9 @@ def spread_sampling_(model: nn.Module, pixels: float = 1.0) -> nn.Module:
     after the depthwise branch's LayerNorm and GELU, offsets of about 0.7 pixel at pixels=1 and mask
     logits as spread, so points land between pixels and the masks differ."""
     with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, dcnv3_nn.DCNv3):
-                for layer in (module.offset, module.mask):
-                    layer.weight.normal_(0.0, pixels / module.channels**0.5)
+        for dcn in dcnv3_layers(model):
+            for projection in (dcn.offset, dcn.mask):
+                projection.weight.normal_(0.0, pixels / dcn.channels**0.5)
     return model
 
 

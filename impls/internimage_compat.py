@@ -42,9 +42,10 @@ def _params(scalars, remove_center) -> DCNv3Params:
 
 
 def _chosen(input: torch.Tensor, offset, mask, params: DCNv3Params) -> Implementation:
-    """The implementation for these validated tensors, announced on its first use."""
+    """The implementation for these tensors, once they are validated for it, announced on its first use."""
     name = os.environ.get(IMPL_VARIABLE, "auto")
     if name == "auto":
+        validate(input, offset, mask, params)
         impl, why = auto(input.device, input.dtype), "the best available"
     else:
         try:
@@ -70,7 +71,6 @@ def dcnv3_forward(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, p
     """The output, [N, Ho, Wo, group * group_channels]; im2col_step never changes it."""
     params = _params((kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
                       group, group_channels, offset_scale), remove_center)
-    validate(input, offset, mask, params)
     impl = _chosen(input, offset, mask, params)
     with torch.no_grad():
         return impl.fn(input, offset, mask, params)
@@ -82,7 +82,7 @@ def dcnv3_backward(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, 
     """[grad_input, grad_offset, grad_mask] for grad_output, the gradient of the forward's output."""
     params = _params((kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w,
                       group, group_channels, offset_scale), remove_center)
-    validate(input, offset, mask, params)
+    impl = _chosen(input, offset, mask, params)
     expected = (*offset.shape[:3], input.shape[3])
     if not isinstance(grad_output, torch.Tensor) or tuple(grad_output.shape) != expected:
         shape = tuple(grad_output.shape) if isinstance(grad_output, torch.Tensor) else type(grad_output).__name__
@@ -90,9 +90,8 @@ def dcnv3_backward(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, 
     if grad_output.dtype != input.dtype or grad_output.device != input.device:
         raise ValueError(f"grad_output must be {input.dtype} on {input.device} like input, "
                          f"got {grad_output.dtype} on {grad_output.device}")
-    impl = _chosen(input, offset, mask, params)
     if impl.gradients is not None:
-        return list(impl.gradients(grad_output, input, offset, mask, params))
+        return list(impl.gradients(grad_output, input, offset, mask, params.scalars()))
     leaves = [t.detach().requires_grad_() for t in (input, offset, mask)]
     with torch.enable_grad():
         output = impl.fn(*leaves, params)

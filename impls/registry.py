@@ -32,8 +32,9 @@ FLOATING = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, DCNv3Params], torch.Tensor]
 # Extra availability condition beyond the device type: (device) -> reason or None.
 Requirement = Callable[[torch.device], "str | None"]
-# A kernel's own backward, without autograd: (grad_output, input, offset, mask, params) -> three gradients.
-Gradients = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, DCNv3Params], tuple]
+# A kernel's own backward, without autograd: (grad_output, input, offset, mask, params.scalars()) -> three
+# gradients; the same function its torch.library autograd calls (impls/operators.py register_backward).
+Gradients = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple], tuple]
 
 
 @dataclass(frozen=True)

@@ -64,8 +64,9 @@ def sweep(examples: int, seed: int) -> list[Problem]:
     return list(REGRESSIONS.values()) + drawn[:examples]
 
 
-def select_implementations(requested: list[str] | None, device: torch.device):
-    """(implementations to check, {name: reason} of those skipped)."""
+def select_implementations(requested: list[str] | None, device: torch.device, skip_interpreted: bool = False):
+    """(implementations to check, {name: reason} of those skipped); skip_interpreted leaves interpreters
+    out unless requested (a whole model through Triton's CPU interpreter takes minutes)."""
     known = impls.names()
     names = requested or [n for n in known if n != "reference"]
     unknown = [n for n in names if n not in known]
@@ -77,6 +78,8 @@ def select_implementations(requested: list[str] | None, device: torch.device):
     for name in names:
         impl = impls.get(name)
         reason = impl.unavailable_reason(device)
+        if reason is None and not requested and skip_interpreted and impl.interpreted():
+            reason = f"{name} runs in an interpreter here: name it with --impl to check it anyway"
         if reason is None:
             chosen.append(impl)
         elif requested:
@@ -230,7 +233,7 @@ def parse_args(argv):
         parser.error("--examples must be >= 0")
     if args.model is not None:
         try:
-            internimage.named(args.model.removeprefix("internimage-"))
+            args.model = internimage.named(args.model.removeprefix("internimage-"))
         except ValueError as error:
             parser.error(f"--model: {error}")
         if args.size is not None and args.size < 32:
@@ -245,7 +248,7 @@ def main(argv=None) -> int:
     try:
         device = devices.resolve(args.device)
         external.load(args.impl_module)
-        implementations, skipped = select_implementations(args.impl, device)
+        implementations, skipped = select_implementations(args.impl, device, skip_interpreted=bool(args.model))
         if not implementations:
             raise UsageError(f"no implementation to check on {device}: " + "; ".join(skipped.values()))
         thresholds = Thresholds.load(args.thresholds)

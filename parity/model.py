@@ -157,24 +157,6 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
                                    "worst_tensor"]]
 
 
-def default_implementations(device) -> tuple[list, dict[str, str]]:
-    """Every implementation available on device except the reference (explicit loops: hours on a model)
-    and interpreters; with the reasons for those left out."""
-    chosen, skipped = [], {}
-    for name in impls.names():
-        impl = impls.get(name)
-        reason = impl.unavailable_reason(device)
-        if name == "reference":
-            continue
-        if reason is None and impl.interpreted():
-            reason = f"{name} runs in an interpreter here: name it with --impl to check it anyway"
-        if reason is None:
-            chosen.append(impl)
-        else:
-            skipped[name] = reason
-    return chosen, skipped
-
-
 SPREAD_NOTE = (
     "Why correct kernels differ: the bilinear offset gradient jumps wherever a sampling coordinate crosses "
     "an integer, and lower-precision position arithmetic moves a few of a model's points across one; those "
@@ -203,12 +185,11 @@ def report(summary: pd.DataFrame, skipped: dict[str, str], header: str) -> str:
 
 
 def main(args, implementations, skipped, dtypes, device) -> int:
-    """`python -m parity --model ...` once the gate has parsed and checked the common options."""
-    config = internimage.named(args.model.removeprefix("internimage-"))
+    """`python -m parity --model ...` once the gate has parsed the options (args.model is the Config)
+    and chosen the implementations and dtypes."""
+    config = args.model
     size = args.size or config.classification_size
-    if not args.impl:
-        implementations, unavailable = default_implementations(device)
-        skipped = {**unavailable, **skipped}
+
     def reporter(line: str) -> None:
         print(f"model parity on {device}: {line}", file=sys.stderr)
 

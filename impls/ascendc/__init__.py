@@ -65,9 +65,7 @@ def _requires(device: torch.device) -> str | None:
     return load_error()
 
 
-@register("ascendc", dtypes=(torch.float32,), device_types=("npu",), requires=_requires,
-          gradients=lambda grad_output, input, offset, mask, params: _gradients(
-              grad_output, input, offset, mask, params.scalars()))
+@register("ascendc", dtypes=(torch.float32,), device_types=("npu",), requires=_requires, gradients=_gradients)
 def ascendc(input, offset, mask, params):
     """Ascend C vector-core kernel for the 910B: pixel-block tiles per core, channel runs GM -> UB, atomic input gradient."""
     plan = _plan(offset, params.scalars(), backward=False)

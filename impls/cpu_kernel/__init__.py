@@ -89,8 +89,9 @@ def _requires(device: torch.device) -> str | None:
     return build_error()
 
 
-def _gradients(grad_output, input, offset, mask, params):
-    return torch.ops.dcnv3_harness.dcnv3_backward(grad_output, input, offset, mask, *params.scalars())
+def _gradients(grad_output, input, offset, mask, scalars):
+    # The same operator the C++ autograd (dcnv3_cpu.cpp) calls.
+    return torch.ops.dcnv3_harness.dcnv3_backward(grad_output, input, offset, mask, *scalars)
 
 
 @register("cpu_kernel", device_types=("cpu",), requires=_requires, priority=20, gradients=_gradients)

@@ -93,17 +93,17 @@ def backward_op(
 
 
 operators.register_fake_kernels("dcnv3_triton::forward", "dcnv3_triton::backward")
-operators.register_backward(
-    "dcnv3_triton::forward",
-    lambda grad_output, input, offset, mask, scalars: backward_op(grad_output, input, offset, mask, *scalars),
-)
+def _gradients(grad_output, input, offset, mask, scalars):
+    return backward_op(grad_output, input, offset, mask, *scalars)
+
+
+operators.register_backward("dcnv3_triton::forward", _gradients)
 
 
 @register(
     "triton", dtypes=(torch.float32, torch.float16, torch.bfloat16), device_types=("cuda", "npu", "cpu"),
     requires=unavailable_reason, priority=30, interpreted=interpreted,
-    gradients=lambda grad_output, input, offset, mask, params: backward_op(
-        grad_output, input, offset, mask, *params.scalars()),
+    gradients=_gradients,
 )
 def triton_kernel(input, offset, mask, params):
     """Triton kernels: a program per pixel block and group, float32 accumulation, atomic input gradient."""
