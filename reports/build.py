@@ -54,9 +54,8 @@ def _part_order(profile: pd.DataFrame) -> list[str]:
     return [first] + [p for p in totals.index if p not in (first, last)] + ([last] if last in totals else [])
 
 
-def time_breakdown(profile: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+def time_breakdown(profile: pd.DataFrame, order: list[str]) -> list[tuple[str, pd.DataFrame]]:
     """Per dtype, shape and mode: the profiled step's parts down, implementations across, 'ms (share)'."""
-    order = list(dict.fromkeys(profile["implementation"]))
     tables = []
     for (dtype, shape, mode), part in profile.groupby(["dtype", "shape", "mode"], sort=False):
         cells = part.assign(cell=[f"{ms:.3g} ms ({share:.0%})" for ms, share in zip(part["ms"], part["share"])])
@@ -66,7 +65,7 @@ def time_breakdown(profile: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return tables
 
 
-def breakdown_chart(profile: pd.DataFrame, env: dict, dtype: str, path: Path) -> None:
+def breakdown_chart(profile: pd.DataFrame, order: list[str], env: dict, dtype: str, path: Path) -> None:
     """One panel per shape and mode: a stacked bar per implementation, the core at the bottom."""
     part = profile[profile["dtype"] == dtype]
     panels = list(dict.fromkeys(zip(part["shape"], part["mode"])))
@@ -76,7 +75,7 @@ def breakdown_chart(profile: pd.DataFrame, env: dict, dtype: str, path: Path) ->
     for ax, (shape, mode) in zip(axes[0], panels):
         rows = part[(part["shape"] == shape) & (part["mode"] == mode)]
         table = rows.pivot(index="implementation", columns="part", values="ms").reindex(
-            index=list(dict.fromkeys(rows["implementation"])), columns=parts).fillna(0)
+            index=[name for name in order if name in set(rows["implementation"])], columns=parts).fillna(0)
         bottom = np.zeros(len(table))
         for name in parts:
             ax.bar(table.index, table[name], bottom=bottom, label=name, color=colours[name])
@@ -282,7 +281,7 @@ def summary_markdown(results, parity, env, charts, comparison=None, profile=None
                   "The DCNv3 core's forward and backward, then every other operator's own time by family "
                   "(bench/profile.py); profiling slows a step down, so the parts are for proportions, the "
                   "latencies above for speed.", ""]
-        for title, table in time_breakdown(profile):
+        for title, table in time_breakdown(profile, implementations_in_order(results)):
             lines += [f"### {title}", "", table.to_markdown(index=False), ""]
     columns = ["implementation", "shape", "mode", "dtype", "p20_ms", "p50_ms", "p80_ms", "gbps",
                "fraction_of_peak", "peak_memory_mb", "speedup"]
@@ -314,7 +313,7 @@ def build(run: Path, old: Path | None, compare_fail: str) -> bool:
             charts.append(path)
         if profile is not None:
             path = run / f"time-{dtype}.png"
-            breakdown_chart(profile, env, dtype, path)
+            breakdown_chart(profile, implementations_in_order(results), env, dtype, path)
             charts.append(path)
     comparison = None
     if old is not None:
