@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ import pytest
 import torch
 
 import impls
-from bench import traffic
+from bench import traffic, watchdog
 from bench.cases import MODEL_MODES, MODES
 from bench.shapes import SUITES, is_model_suite
 from impls import devices, external
@@ -40,6 +41,12 @@ BENCH_TESTS = Path(__file__).with_name("test_bench.py")
 CASE_KEYS = ["device", "dtype", "mode", "suite", "shape"]
 # Drawn parity cases for implementations that compile per shape (seconds each).
 COMPILED_PARITY_EXAMPLES = 2
+# Beyond these a row is flagged in the report, not plotted: a kernel this much faster than the fallback,
+# or moving data this much faster than a flushed cache allows, has a timing or correctness bug.
+PLAUSIBLE_SPEEDUP = 100.0
+COPY_MULTIPLE = 2.0
+# Before its first case the timing process imports torch and collects: not yet a hang.
+STARTUP_SECONDS = 120
 
 
 def parse_args(argv):
@@ -57,6 +64,8 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads for the timed run (default: torch's choice)")
     external.add_option(parser.add_argument, "gate and time")
     parser.add_argument("--parity-examples", type=int, default=30, help="drawn parity cases before timing (default 30)")
+    parser.add_argument("--timeout", type=float, default=gate.DEFAULT_TIMEOUT,
+                        help=f"seconds one parity case or one timed case may take (default {gate.DEFAULT_TIMEOUT:g})")
     args = parser.parse_args(argv)
     args.mode = args.mode or list(MODEL_MODES if is_model_suite(args.suite) else MODES)
     return args
@@ -84,20 +93,18 @@ def environment(device: torch.device, args) -> dict:
     }
 
 
-def gate_implementations(implementations, dtypes, device, examples, out: Path):
+def gate_implementations(implementations, dtypes, device, examples, out: Path, timeout: float):
     """Run parity; return (passing implementations, {failed name: summary line})."""
     results = gate.run(implementations, dtypes, gate.sweep(examples, seed=0), device, Thresholds.load(),
-                       compiled_examples=COMPILED_PARITY_EXAMPLES)
+                       compiled_examples=COMPILED_PARITY_EXAMPLES, timeout=timeout)
     summary = gate.summarise(results)
     report = gate.markdown(summary, {}, f"# Parity before timing on {device}")
     results.to_csv(out / "parity.csv", index=False)
     (out / "parity.md").write_text(report)
     print(report)
     failing = summary[~summary["pass"]]
-    failed = {
-        row.implementation: f"{row.dtype} {row.quantity}: {row.worst_max_abs_diff:.2e} > {row.threshold:.0e}"
-        for row in failing.itertuples()
-    }
+    failed = {row.implementation: f"{row.dtype} {row.quantity}: {row.failed} of {row.cases} cases over their bounds, "
+                                  f"e.g. {row.tightest_case}" for row in failing.itertuples()}
     return [impl for impl in implementations if impl.name not in failed], failed
 
 
@@ -132,7 +139,71 @@ def tidy_rows(benchmark_json: Path, env: dict) -> pd.DataFrame:
     baseline = rows[rows["baseline"]].set_index(CASE_KEYS)["p50_ms"].rename("baseline_p50_ms")
     rows = rows.join(baseline, on=CASE_KEYS)
     rows["speedup"] = rows["baseline_p50_ms"] / rows["p50_ms"]
+    rows["implausible"] = implausible(rows)
     return rows
+
+
+def implausible(rows: pd.DataFrame) -> pd.Series:
+    """Per row, why its figures cannot be right ("" when nothing is wrong; KernelBench's sanity checks):
+    bandwidth beyond the device's known peak (or, without one, beyond COPY_MULTIPLE x the measured copy:
+    the cache is flushed before each repetition), or a speedup beyond PLAUSIBLE_SPEEDUP."""
+    over_peak = rows["gbps"] > rows["peak_gbps"]
+    over_copy = rows["peak_gbps"].isna() & (rows["gbps"] > COPY_MULTIPLE * rows["copy_gbps"])
+    too_fast = rows["speedup"] > PLAUSIBLE_SPEEDUP
+    return pd.Series([
+        "; ".join(why for flagged, why in [
+            (peak, f"{gbps:.0f} GB/s exceeds the device's peak {peak_gbps:.0f} GB/s"),
+            (copy, f"{gbps:.0f} GB/s exceeds {COPY_MULTIPLE:g}x the measured copy bandwidth {copy_gbps:.0f} GB/s"),
+            (fast, f"speedup {speedup:.0f}x exceeds {PLAUSIBLE_SPEEDUP:g}x"),
+        ] if flagged)
+        for peak, copy, fast, gbps, peak_gbps, copy_gbps, speedup in zip(
+            over_peak, over_copy, too_fast, rows["gbps"], rows["peak_gbps"], rows["copy_gbps"], rows["speedup"])
+    ], index=rows.index, dtype=object)
+
+
+def time_implementations(pytest_args: list[str], names: list[str], out: Path, timeout: float) -> tuple[int, dict]:
+    """Run the timing (one pytest process for all of `names`, watched); when it crashes or hangs,
+    again without the implementation it was on. (pytest's exit status, {implementation: what happened})."""
+    # It is never a distributed worker: pytest-benchmark switches itself off where PYTEST_XDIST_WORKER is
+    # set, as it is for a test that runs python -m bench under pytest-xdist.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    progress = out / "timing-progress.txt"
+    env[watchdog.PROGRESS] = str(progress)
+    remaining, lost = list(names), {}
+    while remaining:
+        progress.write_text("")
+        # A separate process: pytest's plugins (hypothesis, benchmark) must load before the harness imports them.
+        child = subprocess.Popen(pytest_args + [arg for name in remaining for arg in ("--impl", name)], env=env)
+        failure = _watch(child, progress, timeout)
+        if failure is None:
+            progress.unlink()
+            return child.returncode, lost
+        started = progress.read_text().splitlines()
+        if not started:
+            progress.unlink()
+            return pytest.ExitCode.INTERNAL_ERROR, {**lost, "every implementation": f"{failure} before the first case"}
+        culprit, test = started[-1].split("\t")
+        lost[culprit] = f"{failure} while timing {test}"
+        remaining.remove(culprit)
+    progress.unlink()
+    return pytest.ExitCode.OK, lost
+
+
+def _watch(child: subprocess.Popen, progress: Path, timeout: float) -> str | None:
+    """None when child ends by itself with a pytest status; else what happened, after killing it on a hang."""
+    last_size, last_change = 0, time.monotonic()
+    while child.poll() is None:
+        size = progress.stat().st_size
+        if size != last_size:
+            last_size, last_change = size, time.monotonic()
+        elif time.monotonic() - last_change > timeout + (0 if size else STARTUP_SECONDS):
+            child.kill()
+            child.wait()
+            return f"timed out after {timeout:g} s"
+        time.sleep(0.2)
+    if child.returncode < 0:
+        return f"crashed: {signal.Signals(-child.returncode).name}"
+    return None
 
 
 def main(argv=None) -> int:
@@ -161,18 +232,18 @@ def main(argv=None) -> int:
     for warning in env["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
 
-    passing, failed = gate_implementations(chosen, dtypes, device, args.parity_examples, out)
+    passing, failed = gate_implementations(chosen, dtypes, device, args.parity_examples, out, args.timeout)
     for name, why in failed.items():
         print(f"not timed: {name} failed parity ({why})")
     env["not_timed"] = {**skipped, **{name: f"failed parity: {why}" for name, why in failed.items()}}
-    (out / "environment.json").write_text(json.dumps(env, indent=2))
     if not passing:
+        (out / "environment.json").write_text(json.dumps(env, indent=2))
         print("python -m bench: no implementation passed parity; nothing timed", file=sys.stderr)
         return 1
 
     pytest_args = [
         sys.executable, "-m", "pytest", f"{BENCH_TESTS}::{'test_model' if is_model_suite(args.suite) else 'test_dcnv3'}",
-        "-p", "no:cacheprovider", "-v",
+        "-p", "no:cacheprovider", "-p", "bench.watchdog", "-v",
         "--rootdir", str(BENCH_TESTS.parent.parent),
         "--device", str(device), "--bench-suite", args.suite,
         "--bench-seconds", str(args.seconds), "--bench-min-rounds", str(args.min_rounds),
@@ -184,17 +255,15 @@ def main(argv=None) -> int:
     ]
     for spec in args.impl_module:
         pytest_args += ["--impl-module", spec]
-    for impl in passing:
-        pytest_args += ["--impl", impl.name]
     for dtype in dtypes:
         pytest_args += ["--bench-dtype", dtype_name(dtype)]
     for mode in args.mode:
         pytest_args += ["--bench-mode", mode]
-    # A separate process: pytest's plugins (hypothesis, benchmark) must load before the harness imports them.
-    # It is never a distributed worker: pytest-benchmark switches itself off where PYTEST_XDIST_WORKER is
-    # set, as it is for a test that runs python -m bench under pytest-xdist.
-    worker_free = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
-    status = subprocess.run(pytest_args, env=worker_free).returncode
+    status, lost = time_implementations(pytest_args, [impl.name for impl in passing], out, args.timeout)
+    for name, why in lost.items():
+        print(f"not timed: {name} {why}", file=sys.stderr)
+    env["not_timed"].update({name: why for name, why in lost.items()})
+    (out / "environment.json").write_text(json.dumps(env, indent=2))
     if status not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
         print(f"python -m bench: the benchmark run stopped (pytest exit {status})", file=sys.stderr)
         return status
@@ -207,4 +276,4 @@ def main(argv=None) -> int:
         columns[columns.index("gbps")] = "core_share"
     print(rows[columns].to_markdown(index=False, floatfmt=".3g"))
     print(f"\nwrote {out}/results.csv; report: python -m reports {out}")
-    return 0 if status == pytest.ExitCode.OK and not failed else 1
+    return 0 if status == pytest.ExitCode.OK and not failed and not lost else 1

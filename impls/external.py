@@ -14,6 +14,7 @@ its parity case with the error shown, it does not stop the gate.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 from impls import devices
@@ -47,13 +48,13 @@ def from_spec(spec: str) -> Implementation:
     if target is None:
         raise ValueError(f"--impl-module {spec!r}: {module_name} has no attribute {attribute!r}")
     if isinstance(target, Implementation):
-        return target
+        return dataclasses.replace(target, origin=spec)
     apply = getattr(target, "apply", target)
     if not callable(apply):
         raise ValueError(f"--impl-module {spec!r}: {attribute} is neither callable nor has an apply method")
     return Implementation(
         name=attribute, fn=with_apply_signature(apply), dtypes=frozenset(FLOATING),
-        device_types=devices.DEVICE_TYPES, description=f"{spec}, called as DCNv3Function.apply",
+        device_types=devices.DEVICE_TYPES, description=f"{spec}, called as DCNv3Function.apply", origin=spec,
     )
 
 

@@ -57,6 +57,8 @@ class Implementation:
     # DCNv3 extension interface, impls/internimage_compat.py) need not run the forward again.
     gradients: Gradients | None = field(default=None, repr=False)
     description: str = ""
+    # The `package.module:Name` it was loaded from (impls/external.py), so a child process can load it again.
+    origin: str = ""
 
     def unavailable_reason(self, device: torch.device | str) -> str | None:
         """A sentence saying why this implementation cannot run on device, or None."""
@@ -128,7 +130,9 @@ def register(
 
 def add(impl: Implementation) -> None:
     existing = _REGISTRY.get(impl.name)
-    if existing is not None and existing.fn is not impl.fn:
+    # The same --impl-module loaded again (a second gate run in one process) wraps it anew: not a clash.
+    same_origin = existing is not None and impl.origin and existing.origin == impl.origin
+    if existing is not None and existing.fn is not impl.fn and not same_origin:
         raise ValueError(f"an implementation named {impl.name!r} is already registered")
     _REGISTRY[impl.name] = impl
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import weakref
+from typing import NamedTuple
 
 import torch
 
-from impls import Implementation, get
+from impls import Implementation, baseline, get
 from parity.problems import Problem
+from parity.thresholds import Thresholds
 
 QUANTITIES = ("output", "grad_input", "grad_offset", "grad_mask")
 TENSORS = ("input", "offset", "mask")
@@ -80,32 +83,64 @@ def _run(impl, leaves, grad_output, problem, quantities, call=plain_call):
     return {name: t.detach().cpu().to(torch.float64) for name, t in result.items() if name in quantities}
 
 
-def differences(actual: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
-    """(max_abs_diff, max_abs_diff / max|reference|); NaN where the reference has NaN counts as equal."""
+class Difference(NamedTuple):
+    max_abs: float
+    max_rel: float  # max_abs / scale
+    mean_abs: float
+    scale: float  # max |reference|
+
+
+FAILED = Difference(math.inf, math.inf, math.inf, math.nan)  # no output, or one of the wrong shape
+UNKNOWN = Difference(math.nan, math.nan, math.nan, math.nan)  # the baseline raised
+
+
+def differences(actual: torch.Tensor, reference: torch.Tensor) -> Difference:
+    """How far actual is from reference; NaN where the reference has NaN counts as equal."""
     if actual.shape != reference.shape:
-        return float("inf"), float("inf")
+        return FAILED
     if reference.numel() == 0:
-        return 0.0, 0.0
+        return Difference(0.0, 0.0, 0.0, 0.0)
     both_nan = torch.isnan(actual) & torch.isnan(reference)
     diff = torch.where(both_nan, torch.zeros_like(actual), (actual - reference).abs())
-    diff = torch.nan_to_num(diff, nan=float("inf"))
+    diff = torch.nan_to_num(diff, nan=math.inf)
     max_abs = diff.max().item()
     scale = torch.nan_to_num(reference.abs(), nan=0.0).max().item()
-    return max_abs, (max_abs / scale if scale > 0 else max_abs)
+    return Difference(max_abs, max_abs / scale if scale > 0 else max_abs, diff.mean().item(), scale)
+
+
+def judge(name: str, dtype: torch.dtype, actual: dict | None, truth: dict, baseline: dict | None,
+          thresholds: Thresholds) -> dict[str, dict]:
+    """Per quantity of truth, the row fields of `name`'s outputs `actual` (None: the call raised) under the
+    per-case rule, against `baseline`, the baseline's Differences on the same case (None: it raised)."""
+    judged = {}
+    for quantity, reference in truth.items():
+        found = FAILED if actual is None else differences(actual[quantity], reference)
+        yardstick = UNKNOWN if baseline is None else baseline[quantity]
+        bound = thresholds.get(name, dtype, quantity)
+        limits = bound.judge(found.max_abs, found.mean_abs, yardstick.max_abs, yardstick.mean_abs)
+        judged[quantity] = {
+            "max_abs_diff": found.max_abs, "mean_abs_diff": found.mean_abs, "max_rel_diff": found.max_rel,
+            "baseline_max_abs_diff": yardstick.max_abs, "baseline_mean_abs_diff": yardstick.mean_abs,
+            "bound": limits.max_bound, "mean_bound": limits.mean_bound, "ceiling": bound.ceiling,
+            "rule": limits.rule, "pass": limits.passed,
+        }
+    return judged
 
 
 def assert_matches_reference(impl: Implementation, problem: Problem, dtype: torch.dtype, device="cpu",
-                             quantities=None, thresholds=None) -> None:
-    """torch.testing.assert_close of each quantity against the reference, at its threshold."""
-    from parity.thresholds import Thresholds
-
+                             quantities=None, thresholds: Thresholds | None = None) -> None:
+    """Each quantity within its per-case bound: the baseline runs on the same inputs, on the same device."""
     thresholds = thresholds or Thresholds.load()
     asked = quantities or QUANTITIES
-    actual = evaluate(impl, problem, dtype, device, asked)
     truth = expected(problem, dtype, asked)
-    for quantity in quantities or list(truth):
-        bound = thresholds.get(impl.name, dtype, quantity)
+    actual = evaluate(impl, problem, dtype, device, asked)
+    yardstick = evaluate(baseline(), problem, dtype, device, asked)
+    measured = {q: differences(yardstick[q], truth[q]) for q in truth}
+    for quantity, row in judge(impl.name, dtype, actual, truth, measured, thresholds).items():
         torch.testing.assert_close(
-            actual[quantity], truth[quantity], atol=bound, rtol=0,
-            msg=lambda m, q=quantity, b=bound: f"{impl.name} {q} over {b:g} on {problem.label()}\n{m}",
+            actual[quantity], truth[quantity], atol=row["bound"], rtol=0,
+            msg=lambda m, q=quantity, b=row: f"{impl.name} {q} over {b['bound']:g} ({b['rule']}) on {problem.label()}\n{m}",
         )
+        assert row["mean_abs_diff"] <= row["mean_bound"], (
+            f"{impl.name} {quantity}: mean abs diff {row['mean_abs_diff']:.3g} over {row['mean_bound']:.3g} "
+            f"({row['baseline_mean_abs_diff']:.3g} for the baseline) on {problem.label()}")

@@ -14,6 +14,7 @@ quantity, and exits 1 when any row exceeds its threshold, 0 when all pass,
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,8 @@ from tqdm import tqdm
 import impls
 from impls import devices, external, internimage
 from parity import model as model_parity
-from parity.compare import differences, evaluate, expected
+from parity.compare import differences, evaluate, expected, judge
+from parity.isolate import inline, isolated
 from parity.problems import Problem
 from parity.regressions import REGRESSIONS
 from parity.strategies import problems
@@ -37,6 +39,12 @@ DTYPES = {dtype_name(d): d for d in (torch.float64, torch.float32, torch.float16
 SUMMARY_KEYS = ["implementation", "device", "dtype", "quantity"]
 # A whole model in float16 is not what InternImage trains or deploys in; --dtype float16 asks for it.
 MODEL_DTYPES = [torch.float64, torch.float32, torch.bfloat16]
+# Seconds a child may go without finishing a case: the first case of an implementation that compiles
+# includes compiling it (torch.compile's forward and backward: under a minute on 2 CPU cores).
+DEFAULT_TIMEOUT = 300.0
+# The regression problem whose sums collide most (many points on few pixels), run this many times per
+# implementation and dtype: the run-to-run spread of atomic-add kernels (exactly 0 expected elsewhere).
+SPREAD_CASE, SPREAD_RUNS = "colliding_input_gradient", 5
 
 
 class UsageError(Exception):
@@ -110,7 +118,7 @@ class Progress:
 
     def start(self, name: str, total: int) -> None:
         self.name, self.started, self.done, self.failures = name, time.perf_counter(), 0, 0
-        self.bar = tqdm(total=total, desc=f"parity on {self.device}: {name}", unit="case", file=sys.stderr,
+        self.bar = tqdm(total=total, desc=f"parity on {self.device}: {name}", unit="run", file=sys.stderr,
                         disable=not (self.enabled and self.terminal), dynamic_ncols=True)
 
     def failed(self, row: dict) -> None:
@@ -118,7 +126,9 @@ class Progress:
         if self.enabled and self.failures == self.SHOWN_FAILURES + 1:
             tqdm.write(f"FAIL {self.name}: further failing rows are in the report", file=sys.stderr)
         if self.enabled and self.failures <= self.SHOWN_FAILURES:
-            why = row["error"] or f"{row['max_abs_diff']:.2e} > {row['threshold']:.0e}"
+            why = row["error"] or (
+                f"max {row['max_abs_diff']:.2e} (bound {row['bound']:.2e}, {row['rule']}), "
+                f"mean {row['mean_abs_diff']:.2e} (bound {row['mean_bound']:.2e})")
             tqdm.write(f"FAIL {row['implementation']} {row['dtype']} {row['quantity']} case {row['case']} "
                        f"({row['problem']}): {why}", file=sys.stderr)
 
@@ -129,78 +139,122 @@ class Progress:
     def finish(self) -> None:
         self.bar.close()
         if self.enabled and not self.terminal:
-            print(f"parity on {self.device}: {self.name}: {self.done} cases x dtypes in "
+            print(f"parity on {self.device}: {self.name}: {self.done} runs (cases x dtypes, and repeats) in "
                   f"{time.perf_counter() - self.started:.1f} s, {self.failures} failing rows", file=sys.stderr)
 
 
+def parity_task(impl, item, device) -> dict:
+    """One (case index, problem, dtype, repeat) item: impl's quantities as float64 arrays (they pickle by value)."""
+    _, problem, dtype, _ = item
+    return {quantity: value.numpy() for quantity, value in evaluate(impl, problem, dtype, device).items()}
+
+
 def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled_examples: int | None = None,
-        progress: bool = True) -> pd.DataFrame:
+        progress: bool = True, isolate: bool = True, timeout: float = DEFAULT_TIMEOUT) -> pd.DataFrame:
     """Rows for every implementation x case of `sweep()` x dtype it declares; implementations that
-    compile per shape take the regression cases and the first `compiled_examples` drawn ones. One
-    implementation at a time (its progress shown), each case's reference computed once for all."""
+    compile per shape take the regression cases and the first `compiled_examples` drawn ones.
+
+    The baseline runs first, on every case and dtype another implementation needs: its errors are the
+    per-case bounds (parity/thresholds.py). Then one implementation at a time, each in a child process
+    unless isolate is False (parity/isolate.py); each case's reference is computed once for all.
+    SPREAD_CASE runs SPREAD_RUNS times: its rows' `run_spread` is the largest difference between runs
+    (atomic-add kernels differ run to run)."""
     compiled_cases = None if compiled_examples is None else len(REGRESSIONS) + compiled_examples
-    truths: dict[tuple[int, torch.dtype], dict] = {}
-    shown = Progress(device, progress)
-    rows = []
-    for impl in implementations:
-        work = [
-            (index, problem, dtype) for index, problem in enumerate(cases) for dtype in dtypes
+    spread_index = next((i for i, problem in enumerate(cases) if problem == REGRESSIONS[SPREAD_CASE]), None)
+
+    def work_of(impl, repeats: bool):
+        return [
+            (index, problem, dtype, repeat) for index, problem in enumerate(cases) for dtype in dtypes
             if impl.supports(dtype)
             and not (impl.compiles_per_shape and compiled_cases is not None and index >= compiled_cases)
+            for repeat in range(SPREAD_RUNS if repeats and index == spread_index else 1)
         ]
-        shown.start(impl.name, len(work))
-        for index, problem, dtype in work:
+
+    base = impls.baseline()
+    checked = {impl.name for impl in implementations}
+    needed = {(index, dtype) for impl in implementations for index, _, dtype, _ in work_of(impl, False)}
+    order = [base] + [impl for impl in implementations if impl.name != base.name]
+    truths: dict[tuple[int, torch.dtype], dict] = {}
+    yardsticks: dict[tuple[int, torch.dtype], dict | None] = {}
+    shown = Progress(device, progress)
+    rows = []
+    for impl in order:
+        work = work_of(impl, repeats=impl.name in checked)
+        if impl.name not in checked:
+            work = [item for item in work if (item[0], item[2]) in needed]
+        shown.start(impl.name if impl.name in checked else f"{impl.name} (the baseline, for the bounds)", len(work))
+        outcomes = (isolated(parity_task, impl, work, device, timeout) if isolate
+                    else inline(parity_task, impl, work, device))
+        first_runs: dict[torch.dtype, tuple[dict | None, list[dict]]] = {}
+        for outcome in outcomes:
+            index, problem, dtype, repeat = outcome.item
+            actual = None if outcome.value is None else {q: torch.from_numpy(v) for q, v in outcome.value.items()}
+            shown.advance()
+            if repeat:
+                _record_spread(*first_runs[dtype], actual, outcome.error, shown)
+                continue
             if (index, dtype) not in truths:
                 truths[index, dtype] = expected(problem, dtype)
-            # A kernel that raises fails its case; the gate goes on and reports the error.
-            try:
-                actual, error = evaluate(impl, problem, dtype, device), ""
-            except Exception as exception:
-                actual, error = None, devices.describe(exception)
-            for quantity, reference_value in truths[index, dtype].items():
-                if actual is None:
-                    max_abs = max_rel = float("inf")
-                else:
-                    max_abs, max_rel = differences(actual[quantity], reference_value)
-                limit = thresholds.get(impl.name, dtype, quantity)
-                row = {
-                    "implementation": impl.name,
-                    "device": device.type,
-                    "dtype": dtype_name(dtype),
-                    "quantity": quantity,
-                    "case": index,
-                    "max_abs_diff": max_abs,
-                    "max_rel_diff": max_rel,
-                    "threshold": limit,
-                    "pass": bool(max_abs <= limit),
-                    "problem": problem.label(),
-                    "error": error,
-                    **problem.describe(),
-                }
-                rows.append(row)
+            truth = truths[index, dtype]
+            if impl is base:
+                yardsticks[index, dtype] = None if actual is None else {q: differences(actual[q], truth[q]) for q in truth}
+            if impl.name not in checked:
+                continue
+            judged = judge(impl.name, dtype, actual, truth, yardsticks.get((index, dtype)), thresholds)
+            case_rows = [
+                {"implementation": impl.name, "device": device.type, "dtype": dtype_name(dtype), "quantity": quantity,
+                 "case": index, **verdict, "run_spread": 0.0 if index == spread_index else math.nan,
+                 "problem": problem.label(), "error": outcome.error, **problem.describe()}
+                for quantity, verdict in judged.items()
+            ]
+            rows += case_rows
+            if index == spread_index:
+                first_runs[dtype] = (actual, case_rows)
+            for row in case_rows:
                 if not row["pass"]:
                     shown.failed(row)
-            shown.advance()
         shown.finish()
     return pd.DataFrame(rows)
 
 
+def _record_spread(first: dict | None, case_rows: list[dict], again: dict | None, error: str, shown: Progress) -> None:
+    """Widen each row's run_spread by how far a repeated run came from the first; a repeat that fails fails the case."""
+    for row in case_rows:
+        if first is None:
+            row["run_spread"] = math.nan
+        elif again is None:
+            row.update(run_spread=math.nan, error=f"repeated run: {error}")
+            if row["pass"]:
+                row["pass"] = False
+                shown.failed(row)
+        else:
+            row["run_spread"] = max(row["run_spread"], differences(again[row["quantity"]], first[row["quantity"]]).max_abs)
+
+
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
-    """The worst case per implementation, device, dtype and quantity."""
-    worst = results.loc[results.groupby(SUMMARY_KEYS, sort=False)["max_abs_diff"].idxmax()]
-    summary = worst[SUMMARY_KEYS + ["max_abs_diff", "threshold", "problem"]].rename(
-        columns={"max_abs_diff": "worst_max_abs_diff", "problem": "worst_case"}
+    """Per implementation, device, dtype and quantity: cases, failures, the worst error, the largest
+    ratio to the baseline's error on the same case, the least margin to a bound and its case (the
+    tightest), and the run-to-run spread."""
+    results = results.assign(
+        margin=pd.concat([
+            (results["bound"] / results["max_abs_diff"]).where(results["max_abs_diff"] > 0, float("inf")),
+            (results["mean_bound"] / results["mean_abs_diff"]).where(results["mean_abs_diff"] > 0, float("inf")),
+        ], axis=1).min(axis=1),
+        vs_baseline=(results["max_abs_diff"] / results["baseline_max_abs_diff"]).where(results["baseline_max_abs_diff"] > 0),
     )
-    if "error" in worst:
-        # Read back from CSV, a column of empty errors is all-NaN float64.
-        error = worst["error"].astype("string").fillna("")
-        raised = error != ""
-        summary.loc[raised, "worst_case"] += " raised " + error[raised]
-    counts = results.groupby(SUMMARY_KEYS, sort=False).agg(cases=("pass", "size"), failed=("pass", lambda s: int((~s).sum())))
-    summary = summary.merge(counts.reset_index(), on=SUMMARY_KEYS)
-    summary["margin"] = summary["threshold"] / summary["worst_max_abs_diff"].where(summary["worst_max_abs_diff"] > 0)
+    grouped = results.groupby(SUMMARY_KEYS, sort=False)
+    tightest = results.loc[grouped["margin"].idxmin()].set_index(SUMMARY_KEYS)
+    summary = grouped.agg(
+        cases=("pass", "size"), failed=("pass", lambda s: int((~s).sum())), worst_max_abs_diff=("max_abs_diff", "max"),
+        ceiling=("ceiling", "max"), max_vs_baseline=("vs_baseline", "max"), margin=("margin", "min"),
+        run_spread=("run_spread", "max"),
+    )
     summary["pass"] = summary["failed"] == 0
-    return summary[SUMMARY_KEYS + ["cases", "failed", "worst_max_abs_diff", "threshold", "margin", "pass", "worst_case"]]
+    # Read back from CSV, a column of empty errors is all-NaN float64.
+    error = tightest["error"].astype("string").fillna("")
+    summary["tightest_case"] = (tightest["problem"] + " (" + tightest["rule"] + ")").where(
+        error == "", tightest["problem"] + ": " + error)
+    return summary.reset_index()
 
 
 def markdown(summary: pd.DataFrame, skipped: dict[str, str], header: str) -> str:
@@ -223,6 +277,10 @@ def parse_args(argv):
     parser.add_argument("--seed", type=int, default=0, help="hypothesis seed of the sweep (default 0)")
     parser.add_argument("--out", type=Path, help="folder for parity.csv and parity.md")
     parser.add_argument("--thresholds", type=Path, default=DEFAULT_PATH, help="thresholds TOML (default parity/thresholds.toml)")
+    parser.add_argument("--no-isolate", dest="isolate", action="store_false",
+                        help="run every implementation in this process (debugging: a crash then ends the run)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                        help=f"seconds an isolated implementation may spend on one case (default {DEFAULT_TIMEOUT:g})")
     model = parser.add_argument_group("model-level parity (parity/model.py)")
     model.add_argument("--model", metavar="internimage-NAME",
                        help=f"check a whole backbone instead: internimage-{{{','.join(c.lower() for c in internimage.CONFIGS)}}}")
@@ -231,6 +289,8 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.examples < 0:
         parser.error("--examples must be >= 0")
+    if not args.timeout > 0:
+        parser.error("--timeout must be > 0")
     if args.model is not None:
         try:
             args.model = internimage.named(args.model.removeprefix("internimage-"))
@@ -263,7 +323,8 @@ def main(argv=None) -> int:
         return model_parity.main(args, implementations, skipped, dtypes, device)
     cases = sweep(args.examples, args.seed)
     started = time.perf_counter()
-    results = run(implementations, dtypes, cases, device, thresholds, compiled_examples=args.compiled_examples)
+    results = run(implementations, dtypes, cases, device, thresholds, compiled_examples=args.compiled_examples,
+                  isolate=args.isolate, timeout=args.timeout)
     if results.empty:
         print(f"python -m parity: none of {', '.join(i.name for i in implementations)} supports "
               f"{', '.join(dtype_name(d) for d in dtypes)}", file=sys.stderr)
@@ -271,7 +332,7 @@ def main(argv=None) -> int:
     summary = summarise(results)
     elapsed = time.perf_counter() - started
     failed = int((~results["pass"]).sum())
-    verdict = "PASS" if failed == 0 else f"FAIL: {failed} of {len(results)} rows over threshold"
+    verdict = "PASS" if failed == 0 else f"FAIL: {failed} of {len(results)} rows over their bounds"
     header = (
         f"# Parity against the float64 reference on {device}\n\n"
         f"{len(cases)} cases ({len(REGRESSIONS)} regression, seed {args.seed}), "

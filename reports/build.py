@@ -37,6 +37,8 @@ ROW_KEYS = ["implementation", "device", "dtype", "mode", "shape"]
 
 def load(run: Path):
     results = pd.read_csv(run / "results.csv")
+    # Runs from before the plausibility checks have no such column; an empty cell reads back as NaN.
+    results["implausible"] = results.get("implausible", pd.Series("", index=results.index)).fillna("")
     parity = pd.read_csv(run / "parity.csv") if (run / "parity.csv").exists() else None
     env = json.loads((run / "environment.json").read_text()) if (run / "environment.json").exists() else {}
     return results, parity, env
@@ -272,8 +274,14 @@ def summary_markdown(results, parity, env, charts, comparison=None, profile=None
     fmt = dict(index=False, floatfmt=".3g")
     lines = [f"# DCNv3 benchmark: {env.get('device_name', '?')} ({env.get('device', '?')}), suite {env.get('suite', '?')}", ""]
     lines += environment_block(env)
+    flagged = results[results["implausible"] != ""]
+    if not flagged.empty:
+        lines += ["## Implausible rows: left out of the means and charts", "",
+                  "Their figures break a physical or plausibility bound (bench/run.py `implausible`): a timing "
+                  "or correctness bug to find before quoting anything from them.", "",
+                  flagged[ROW_KEYS + ["p50_ms", "gbps", "speedup", "implausible"]].to_markdown(**fmt), ""]
     lines += ["## Geometric-mean speedup against the baseline (same run, p50)", "",
-              geometric_mean_speedups(results).to_markdown(**fmt), ""]
+              geometric_mean_speedups(plausible(results)).to_markdown(**fmt), ""]
     for title, table in speedup_tables(results):
         lines += [f"## Latency p50 and speedup per shape: {title}", "", table.to_markdown(index=False), ""]
     if profile is not None:
@@ -287,14 +295,20 @@ def summary_markdown(results, parity, env, charts, comparison=None, profile=None
                "fraction_of_peak", "peak_memory_mb", "speedup"]
     if "core_share" in results:
         columns[columns.index("gbps"):columns.index("peak_memory_mb")] = ["core_share"]
+    if not flagged.empty:
+        columns.append("implausible")
     lines += ["## All rows", "", results[columns].to_markdown(**fmt), ""]
     if parity is not None:
         lines += ["## Parity against the float64 reference (before timing)", "",
-                  summarise(parity).drop(columns=["worst_case"]).to_markdown(index=False, floatfmt=".2e"), ""]
+                  summarise(parity).drop(columns=["tightest_case"]).to_markdown(index=False, floatfmt=".2e"), ""]
     if comparison is not None:
         lines += ["## Change against the earlier run", "", comparison.to_markdown(**fmt), ""]
     lines += ["## Charts", ""] + [f"![{chart.stem}]({chart.name})" for chart in charts]
     return "\n".join(lines) + "\n"
+
+
+def plausible(results: pd.DataFrame) -> pd.DataFrame:
+    return results[results["implausible"] == ""]
 
 
 def build(run: Path, old: Path | None, compare_fail: str) -> bool:
@@ -306,10 +320,10 @@ def build(run: Path, old: Path | None, compare_fail: str) -> bool:
     drawings = [("speedup", speedup_chart)] + (
         [("latency", latency_chart), ("bandwidth", bandwidth_chart)] if sized else [])
     charts = []
-    for dtype in results["dtype"].unique():
+    for dtype in plausible(results)["dtype"].unique():
         for name, draw in drawings:
             path = run / f"{name}-{dtype}.png"
-            draw(results, env, dtype, path)
+            draw(plausible(results), env, dtype, path)
             charts.append(path)
         if profile is not None:
             path = run / f"time-{dtype}.png"

@@ -17,8 +17,9 @@ from impls import internimage as models
 from bench import profile
 from bench.cases import model_runner
 from bench.run import main as bench_main
-from bench.run import tidy_rows
+from bench.run import implausible, tidy_rows
 from bench.shapes import SUITES, Shape, dcnv3_3x3, internimage, suite
+from reports import build as reports_build
 from reports.build import main as reports_main
 from reports.build import parse_compare_fail
 
@@ -202,3 +203,24 @@ def test_the_profile_gives_the_core_its_backward_and_nothing_else():
     assert not {"AddmmBackward0", "NativeLayerNormBackward0", "ConvolutionBackward0"} & nodes
     forward_ranges = [event for event in profile.core_roots(events) if event.name == profile.CORE_RANGE]
     assert len(forward_ranges) == sum(models.named("mini").depths)
+
+
+def test_implausible_rows_are_flagged_and_left_out_of_the_charts(quick_run, tmp_path, monkeypatch):
+    flagged = tmp_path / "flagged"
+    shutil.copytree(quick_run, flagged)
+    rows = pd.read_csv(flagged / "results.csv")
+    beyond_copy = rows.index[0]
+    rows.loc[beyond_copy, "gbps"] = 3 * rows.loc[beyond_copy, "copy_gbps"]
+    fast = rows.index[(~rows["baseline"]) & (rows.index != beyond_copy)][0]
+    rows.loc[fast, "speedup"] = 250.0
+    reasons = implausible(rows)
+    assert "exceeds 2x the measured copy bandwidth" in reasons[beyond_copy]
+    assert reasons[fast] == "speedup 250x exceeds 100x"
+    assert (reasons.drop([beyond_copy, fast]) == "").all()
+    rows.assign(implausible=reasons).to_csv(flagged / "results.csv", index=False)
+    drawn = []
+    monkeypatch.setattr(reports_build, "speedup_chart", lambda results, *args: drawn.append(results))
+    assert reports_main([str(flagged)]) == 0
+    summary = (flagged / "summary.md").read_text()
+    assert "## Implausible rows: left out of the means and charts" in summary and "speedup 250x exceeds 100x" in summary
+    assert len(drawn) == 1 and len(drawn[0]) == len(rows) - 2 and drawn[0]["speedup"].max() < 250

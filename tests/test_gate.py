@@ -9,7 +9,7 @@ import torch
 
 from parity import gate
 from parity.regressions import REGRESSIONS
-from parity.thresholds import Thresholds
+from parity.thresholds import Bound, Thresholds
 
 
 def test_gate_passes_writes_csv_and_markdown(tmp_path, capsys):
@@ -18,12 +18,16 @@ def test_gate_passes_writes_csv_and_markdown(tmp_path, capsys):
                         "--out", str(tmp_path)])
     assert status == 0
     rows = pd.read_csv(tmp_path / "parity.csv")
-    assert {"implementation", "device", "dtype", "quantity", "case", "max_abs_diff", "max_rel_diff",
-            "threshold", "pass"} <= set(rows.columns)
+    assert {"implementation", "device", "dtype", "quantity", "case", "max_abs_diff", "mean_abs_diff", "max_rel_diff",
+            "baseline_max_abs_diff", "baseline_mean_abs_diff", "bound", "mean_bound", "ceiling", "rule", "run_spread",
+            "pass"} <= set(rows.columns)
     assert set(rows["quantity"]) == {"output", "grad_input", "grad_offset", "grad_mask"}
     assert set(rows["dtype"]) == {"float64", "float32", "float16", "bfloat16"}
     assert rows["case"].nunique() == len(REGRESSIONS) + 3
-    assert rows["pass"].all() and (rows["max_abs_diff"] <= rows["threshold"]).all()
+    assert rows["pass"].all() and (rows["max_abs_diff"] <= rows["bound"]).all() and (rows["bound"] <= rows["ceiling"]).all()
+    # The baseline checked against itself: its errors are its bounds' measure, and k, m >= 1.
+    assert (rows["max_abs_diff"] == rows["baseline_max_abs_diff"]).all()
+    assert set(rows.dropna(subset=["run_spread"])["problem"]) == {REGRESSIONS[gate.SPREAD_CASE].label()}
     report = (tmp_path / "parity.md").read_text()
     assert "PASS" in report and report in capsys.readouterr().out
 
@@ -33,11 +37,14 @@ def test_gate_sweep_is_seeded():
     assert gate.sweep(5, seed=3) != gate.sweep(5, seed=4)
 
 
-def test_gate_fails_when_a_threshold_is_exceeded(tmp_path):
+def test_gate_fails_when_a_bound_is_exceeded(tmp_path):
+    loose = "{ ceiling = 1, floor = 1, mean_floor = 1 }"
     strict = tmp_path / "strict.toml"
-    strict.write_text("".join(f"[{d}]\noutput = 0.0\ngrad_input = 1\ngrad_offset = 1\ngrad_mask = 1\n"
-                              for d in ("float64", "float32", "float16", "bfloat16")))
-    assert gate.main(["--device", "cpu", "--dtype", "float32", "--examples", "1", "--thresholds", str(strict)]) == 1
+    strict.write_text("[rule]\nk = 1\nm = 1\n" + "".join(
+        f"[{d}]\noutput = {{ ceiling = 0.0, floor = 0.0, mean_floor = 0.0 }}\ngrad_input = {loose}\n"
+        f"grad_offset = {loose}\ngrad_mask = {loose}\n" for d in ("float64", "float32", "float16", "bfloat16")))
+    assert gate.main(["--device", "cpu", "--impl", "cpu_kernel", "--dtype", "float32", "--examples", "1",
+                      "--thresholds", str(strict)]) == 1
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -60,9 +67,31 @@ def test_bad_argument_exits_2():
 
 def test_overrides_take_precedence(tmp_path):
     path = tmp_path / "t.toml"
-    path.write_text("[float32]\noutput = 1e-4\n[overrides.fancy.float32]\noutput = 3e-4\n")
+    path.write_text("[rule]\nk = 4\nm = 3\n[float32]\noutput = { ceiling = 1e-4, floor = 1e-5, mean_floor = 1e-6, m = 2 }\n"
+                    "[overrides.fancy.float32]\noutput = { k = 8, ceiling = 3e-4 }\n")
     thresholds = Thresholds.load(path)
-    assert thresholds.get("fancy", torch.float32, "output") == 3e-4
-    assert thresholds.get("grid_sample", torch.float32, "output") == 1e-4
-    with pytest.raises(KeyError, match=r"no \[float32\] grad_mask"):
+    assert thresholds.get("fancy", torch.float32, "output") == Bound(k=8, m=2, floor=1e-5, mean_floor=1e-6, ceiling=3e-4)
+    assert thresholds.get("grid_sample", torch.float32, "output") == Bound(k=4, m=2, floor=1e-5, mean_floor=1e-6, ceiling=1e-4)
+    with pytest.raises(KeyError, match=r"no floor, mean_floor, ceiling for \[float32\] grad_mask"):
         thresholds.get("grid_sample", torch.float32, "grad_mask")
+
+
+@pytest.mark.parametrize("max_abs, mean_abs, passed, rule", [
+    (3.9e-5, 1e-7, True, "k x baseline"),    # under 4 x the baseline's 1e-5
+    (4.1e-5, 1e-7, False, "k x baseline"),
+    (3.9e-5, 3.1e-6, False, "k x baseline"),  # the mean over 3 x the baseline's 1e-6
+])
+def test_the_per_case_rule(max_abs, mean_abs, passed, rule):
+    bound = Bound(k=4, m=3, floor=1e-6, mean_floor=1e-8, ceiling=1e-4)
+    limits = bound.judge(max_abs, mean_abs, baseline_max=1e-5, baseline_mean=1e-6)
+    assert (limits.passed, limits.rule, limits.max_bound, limits.mean_bound) == (passed, rule, 4e-5, 3e-6)
+
+
+def test_floors_cover_an_exact_baseline_and_the_ceiling_caps_everything():
+    bound = Bound(k=4, m=3, floor=1e-6, mean_floor=1e-8, ceiling=1e-4)
+    exact = bound.judge(9e-7, 9e-9, baseline_max=0.0, baseline_mean=0.0)
+    assert exact.passed and exact.rule == "floor" and not bound.judge(2e-6, 0.0, 0.0, 0.0).passed
+    capped = bound.judge(5e-5, 0.0, baseline_max=1e-4, baseline_mean=0.0)
+    assert capped.max_bound == 1e-4 and capped.rule == "ceiling" and not bound.judge(2e-4, 0.0, 1e-4, 0.0).passed
+    raised = bound.judge(5e-5, 1.0, baseline_max=float("nan"), baseline_mean=float("nan"))
+    assert raised.passed and raised.rule == "ceiling (the baseline raised)"
