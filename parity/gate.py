@@ -1,14 +1,17 @@
 """The parity gate: a seeded sweep of the parity strategies against the reference.
 
     python -m parity --device cpu [--impl NAME ...] [--dtype ...] [--examples K]
-                     [--seed S] [--out DIR] [--thresholds FILE]
+                     [--seed S] [--out DIR] [--thresholds FILE] [--timeout S] [--no-isolate]
                      [--impl-module package.module:Name ...]   (your own kernel; impls/external.py)
     python -m parity --model internimage-t [--size 224] [--batch 1] ...   (a whole backbone; parity/model.py)
 
-Writes DIR/parity.csv (one row per implementation, dtype, quantity and case)
-and DIR/parity.md, prints the worst case per implementation, dtype and
-quantity, and exits 1 when any row exceeds its threshold, 0 when all pass,
-2 on bad usage.
+Writes DIR/parity.csv (one row per implementation, dtype, quantity and case:
+its errors, the baseline's on the same case and the bounds they set) and
+DIR/parity.md, prints per implementation, dtype and quantity the worst case,
+the tightest margin and the run-to-run spread, and exits 1 when any row
+exceeds its per-case bound, 0 when all pass, 2 on bad usage. Each
+implementation runs in a child process (parity/isolate.py): one that crashes
+or hangs fails the case it was on, and the run goes on.
 """
 
 from __future__ import annotations

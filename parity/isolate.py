@@ -53,6 +53,12 @@ def inline(task: Task, impl: Implementation, work: list, device: torch.device) -
 
 def isolated(task: Task, impl: Implementation, work: list, device: torch.device, timeout: float) -> Iterator[Outcome]:
     """The work in child processes: as `inline`, and a crash or a hang fails the item it was on."""
+    if not impl.origin and impl.name in impls.names() and impls.get(impl.name) is not impl:
+        # A child would rebuild the registered one of that name, a different implementation.
+        reason = (f"{impl.name} cannot run in a child process: it is not the implementation registered under that "
+                  "name (a child would run that one); run it with --no-isolate")
+        yield from (Outcome(item, None, reason) for item in work)
+        return
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
     remaining, crashes = list(work), 0

@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
+import impls
+from impls import registry
 from parity import gate
 from parity.regressions import REGRESSIONS
 from parity.thresholds import Bound, Thresholds
@@ -95,3 +97,23 @@ def test_floors_cover_an_exact_baseline_and_the_ceiling_caps_everything():
     assert capped.max_bound == 1e-4 and capped.rule == "ceiling" and not bound.judge(2e-4, 0.0, 1e-4, 0.0).passed
     raised = bound.judge(5e-5, 1.0, baseline_max=float("nan"), baseline_mean=float("nan"))
     assert raised.passed and raised.rule == "ceiling (the baseline raised)"
+
+
+def test_run_to_run_spread_is_exactly_zero_for_cpu_kernel_and_shows_a_nondeterministic_port():
+    case = [REGRESSIONS[gate.SPREAD_CASE]]
+    exact = gate.run([impls.get("cpu_kernel")], list(gate.DTYPES.values()), case, torch.device("cpu"),
+                     Thresholds.load(), progress=False, isolate=False)
+    assert len(exact) == 4 * 4 and (exact["run_spread"] == 0).all()
+
+    def jittery(input, offset, mask, params):
+        """grid_sample plus an ulp-sized random term: what an atomic-add backward looks like from outside."""
+        output = impls.get("grid_sample").fn(input, offset, mask, params)
+        return output + 1e-12 * torch.rand_like(output)
+
+    port = registry.register("jittery")(jittery)
+    try:
+        spread = gate.run([port], [torch.float64], case, torch.device("cpu"), Thresholds.load(), progress=False,
+                          isolate=False).set_index("quantity")["run_spread"]
+    finally:
+        registry.remove("jittery")
+    assert 0 < spread["output"] <= 1e-12 and spread["grad_input"] == 0
