@@ -170,6 +170,31 @@ def synchronize(device: torch.device) -> None:
         module.synchronize(device)
 
 
+def has_streams(device: torch.device) -> bool:
+    return device.type in ("cuda", "npu")
+
+
+def side_stream(device: torch.device):
+    """A context that makes a new stream of device current: torch.cuda.stream, and torch_npu's
+    torch.npu.stream with the same API (Ascend/pytorch torch_npu/npu/streams.py, utils.py)."""
+    module = _accelerator(device)
+    return module.stream(module.Stream(device))
+
+
+def keep_busy(device: torch.device) -> None:
+    """Queue a few milliseconds of work on device's current stream: on CUDA torch.cuda._sleep (what
+    PyTorch's own stream tests use), on the NPU a matmul (torch_npu has no sleep kernel)."""
+    if device.type == "cuda":
+        torch.cuda._sleep(SLEEP_CYCLES)
+    else:
+        busy = torch.randn(BUSY_SIDE, BUSY_SIDE, device=device)
+        busy @ busy
+
+
+# About 5 ms at 2 GHz; a 2048-square float32 matmul is about 17 GFLOP.
+SLEEP_CYCLES, BUSY_SIDE = 10_000_000, 2048
+
+
 def profiler_clock(device: torch.device) -> tuple[list, bool, str]:
     """(torch.profiler activities, whether operator times are the device's own, what the times are)."""
     from torch.profiler import ProfilerActivity

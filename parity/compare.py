@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import torch
 
-from impls import Implementation, baseline, get
+from impls import Implementation, baseline, devices, get
 from parity.problems import Problem
 from parity.thresholds import Thresholds
 
@@ -55,6 +55,22 @@ def evaluate(impl: Implementation, problem: Problem, dtype: torch.dtype, device,
     """
     input, offset, mask, grad_output = problem.tensors(dtype, device)
     return _run(impl, (input, offset, mask), grad_output, problem, quantities, checked_call)
+
+
+def evaluate_on_side_stream(impl: Implementation, problem: Problem, dtype: torch.dtype, device,
+                            quantities=QUANTITIES) -> dict[str, torch.Tensor]:
+    """As evaluate, with every input written on a new current stream after milliseconds of other work
+    there, into tensors that hold NaN until then: a kernel launched on another stream than the current
+    one (the default stream, say) reads the NaN and fails the case (KernelBench's stream check)."""
+    device = torch.device(device)
+    host = problem.tensors(dtype, "cpu")
+    with devices.side_stream(device):
+        placed = [torch.full(t.shape, math.nan, dtype=dtype, device=device) for t in host]
+        devices.keep_busy(device)
+        for target, source in zip(placed, host):
+            target.copy_(source, non_blocking=True)
+        result = _run(impl, placed[:3], placed[3], problem, quantities, checked_call)
+    return result
 
 
 def expected(problem: Problem, dtype: torch.dtype, quantities=QUANTITIES) -> dict[str, torch.Tensor]:

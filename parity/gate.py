@@ -21,6 +21,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -31,7 +32,7 @@ from tqdm import tqdm
 import impls
 from impls import devices, external, internimage
 from parity import model as model_parity
-from parity.compare import differences, evaluate, expected, judge
+from parity.compare import differences, evaluate, evaluate_on_side_stream, expected, judge
 from parity.isolate import inline, isolated
 from parity.problems import Problem
 from parity.regressions import REGRESSIONS
@@ -48,6 +49,8 @@ DEFAULT_TIMEOUT = 300.0
 # The regression problem whose sums collide most (many points on few pixels), run this many times per
 # implementation and dtype: the run-to-run spread of atomic-add kernels (exactly 0 expected elsewhere).
 SPREAD_CASE, SPREAD_RUNS = "colliding_input_gradient", 5
+# Run once more on CUDA and the NPU with its inputs written on a side stream (parity/compare.py).
+STREAM_CASE = "padding_order"
 
 
 class UsageError(Exception):
@@ -146,51 +149,75 @@ class Progress:
                   f"{time.perf_counter() - self.started:.1f} s, {self.failures} failing rows", file=sys.stderr)
 
 
-def parity_task(impl, item, device) -> dict:
-    """One (case index, problem, dtype, repeat) item: impl's quantities as float64 arrays (they pickle by value)."""
-    _, problem, dtype, _ = item
-    return {quantity: value.numpy() for quantity, value in evaluate(impl, problem, dtype, device).items()}
+class Run(NamedTuple):
+    """One evaluation in an implementation's work: a case in a dtype; the spread case's repeats come
+    with repeat > 0, and on devices with streams STREAM_CASE once more on a side stream."""
+
+    index: int
+    problem: Problem
+    dtype: torch.dtype
+    repeat: int = 0
+    side_stream: bool = False
+
+
+def parity_task(impl, item: Run, device) -> dict:
+    """impl's quantities on one Run, as float64 arrays (they pickle by value)."""
+    evaluation = evaluate_on_side_stream if item.side_stream else evaluate
+    return {q: value.numpy() for q, value in evaluation(impl, item.problem, item.dtype, device).items()}
 
 
 def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled_examples: int | None = None,
         progress: bool = True, isolate: bool = True, timeout: float = DEFAULT_TIMEOUT) -> pd.DataFrame:
     """Rows for every implementation x case of `sweep()` x dtype it declares; implementations that
-    compile per shape take the regression cases and the first `compiled_examples` drawn ones.
+    compile per shape or run in an interpreter take the regression cases and the first
+    `compiled_examples` drawn ones.
 
     The baseline runs first, on every case and dtype another implementation needs: its errors are the
     per-case bounds (parity/thresholds.py). Then one implementation at a time, each in a child process
     unless isolate is False (parity/isolate.py); each case's reference is computed once for all.
     SPREAD_CASE runs SPREAD_RUNS times: its rows' `run_spread` is the largest difference between runs
-    (atomic-add kernels differ run to run)."""
+    (atomic-add kernels differ run to run). On CUDA and the NPU, STREAM_CASE runs once more with its
+    inputs written on a side stream (rows with `side_stream` True)."""
     compiled_cases = None if compiled_examples is None else len(REGRESSIONS) + compiled_examples
-    spread_index = next((i for i, problem in enumerate(cases) if problem == REGRESSIONS[SPREAD_CASE]), None)
+    spread_index, stream_index = (next((i for i, problem in enumerate(cases) if problem == REGRESSIONS[name]), None)
+                                  for name in (SPREAD_CASE, STREAM_CASE))
+    if not devices.has_streams(device):
+        stream_index = None
 
-    def work_of(impl, repeats: bool):
-        return [
-            (index, problem, dtype, repeat) for index, problem in enumerate(cases) for dtype in dtypes
-            if impl.supports(dtype)
-            and not (impl.compiles_per_shape and compiled_cases is not None and index >= compiled_cases)
-            for repeat in range(SPREAD_RUNS if repeats and index == spread_index else 1)
-        ]
+    def work_of(impl, checked_one: bool) -> list[Run]:
+        # Compiling per shape and interpreting both cost seconds a case; an interpreter's run-to-run
+        # spread says nothing of the device it stands in for.
+        slow, interpreted = impl.compiles_per_shape or impl.interpreted(), impl.interpreted()
+        work = []
+        for index, problem in enumerate(cases):
+            if slow and compiled_cases is not None and index >= compiled_cases:
+                continue
+            for dtype in filter(impl.supports, dtypes):
+                work.append(Run(index, problem, dtype))
+                if checked_one and index == spread_index and not interpreted:
+                    work += [Run(index, problem, dtype, repeat) for repeat in range(1, SPREAD_RUNS)]
+                if checked_one and index == stream_index:
+                    work.append(Run(index, problem, dtype, side_stream=True))
+        return work
 
     base = impls.baseline()
     checked = {impl.name for impl in implementations}
-    needed = {(index, dtype) for impl in implementations for index, _, dtype, _ in work_of(impl, False)}
+    needed = {(run.index, run.dtype) for impl in implementations for run in work_of(impl, False)}
     order = [base] + [impl for impl in implementations if impl.name != base.name]
     truths: dict[tuple[int, torch.dtype], dict] = {}
     yardsticks: dict[tuple[int, torch.dtype], dict | None] = {}
     shown = Progress(device, progress)
     rows = []
     for impl in order:
-        work = work_of(impl, repeats=impl.name in checked)
+        work = work_of(impl, impl.name in checked)
         if impl.name not in checked:
-            work = [item for item in work if (item[0], item[2]) in needed]
+            work = [run for run in work if (run.index, run.dtype) in needed]
         shown.start(impl.name if impl.name in checked else f"{impl.name} (the baseline, for the bounds)", len(work))
         outcomes = (isolated(parity_task, impl, work, device, timeout) if isolate
                     else inline(parity_task, impl, work, device))
         first_runs: dict[torch.dtype, tuple[dict | None, list[dict]]] = {}
         for outcome in outcomes:
-            index, problem, dtype, repeat = outcome.item
+            index, problem, dtype, repeat, on_side_stream = outcome.item
             actual = None if outcome.value is None else {q: torch.from_numpy(v) for q, v in outcome.value.items()}
             shown.advance()
             if repeat:
@@ -199,19 +226,21 @@ def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled
             if (index, dtype) not in truths:
                 truths[index, dtype] = expected(problem, dtype)
             truth = truths[index, dtype]
-            if impl is base:
+            if impl is base and not on_side_stream:
                 yardsticks[index, dtype] = None if actual is None else {q: differences(actual[q], truth[q]) for q in truth}
             if impl.name not in checked:
                 continue
             judged = judge(impl.name, dtype, actual, truth, yardsticks.get((index, dtype)), thresholds)
             case_rows = [
                 {"implementation": impl.name, "device": device.type, "dtype": dtype_name(dtype), "quantity": quantity,
-                 "case": index, **verdict, "run_spread": 0.0 if index == spread_index else math.nan,
-                 "problem": problem.label(), "error": outcome.error, **problem.describe()}
+                 "case": index, "side_stream": on_side_stream, **verdict,
+                 "run_spread": 0.0 if index == spread_index and not on_side_stream else math.nan,
+                 "problem": problem.label() + (" (side stream)" if on_side_stream else ""), "error": outcome.error,
+                 **problem.describe()}
                 for quantity, verdict in judged.items()
             ]
             rows += case_rows
-            if index == spread_index:
+            if index == spread_index and not on_side_stream:
                 first_runs[dtype] = (actual, case_rows)
             for row in case_rows:
                 if not row["pass"]:
@@ -276,7 +305,8 @@ def parse_args(argv):
     parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), help="dtypes (default: all each implementation supports)")
     parser.add_argument("--examples", type=int, default=200, help="drawn cases after the regression cases (default 200)")
     parser.add_argument("--compiled-examples", type=int, default=2,
-                        help="drawn cases for implementations that compile per shape (default 2; seconds each)")
+                        help="drawn cases for implementations that compile per shape or run in an interpreter "
+                             "(default 2; seconds each)")
     parser.add_argument("--seed", type=int, default=0, help="hypothesis seed of the sweep (default 0)")
     parser.add_argument("--out", type=Path, help="folder for parity.csv and parity.md")
     parser.add_argument("--thresholds", type=Path, default=DEFAULT_PATH, help="thresholds TOML (default parity/thresholds.toml)")

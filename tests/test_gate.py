@@ -117,3 +117,22 @@ def test_run_to_run_spread_is_exactly_zero_for_cpu_kernel_and_shows_a_nondetermi
     finally:
         registry.remove("jittery")
     assert 0 < spread["output"] <= 1e-12 and spread["grad_input"] == 0
+
+
+def test_a_kernel_on_the_default_stream_fails_the_side_stream_case():
+    """On CUDA: inputs written on the current (side) stream after 5 ms of work there are still NaN when
+    a kernel launched on the default stream reads them."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA: the CPU has no streams, and the emulated NPU runs every stream in order")
+
+    def default_stream(input, offset, mask, params):
+        with torch.cuda.stream(torch.cuda.default_stream(input.device)):
+            return impls.get("grid_sample").fn(input, offset, mask, params)
+
+    port = registry.register("default_stream")(default_stream)
+    try:
+        rows = gate.run([port], [torch.float32], [REGRESSIONS[gate.STREAM_CASE]], torch.device("cuda"),
+                        Thresholds.load(), progress=False, isolate=False)
+    finally:
+        registry.remove("default_stream")
+    assert rows.loc[~rows["side_stream"], "pass"].all() and not rows.loc[rows["side_stream"], "pass"].any()

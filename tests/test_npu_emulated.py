@@ -149,6 +149,15 @@ def test_hf32_left_on_fails_the_float32_gate_and_npu_deform_conv_turns_it_off():
     assert rows["pass"].all(), rows[["quantity", "max_abs_diff", "bound", "rule"]]
 
 
+def test_the_gate_runs_a_case_with_its_inputs_written_on_a_side_stream():
+    """What the emulation shows: the side-stream case runs and passes. What it cannot: a kernel that
+    ignores the current stream, since the emulated device runs every operator in issue order."""
+    rows = gate.run([impls.get("grid_sample")], [torch.float32], list(REGRESSIONS.values()), NPU, Thresholds.load())
+    on_side_stream = rows[rows["side_stream"]]
+    assert set(on_side_stream["case"]) == {list(REGRESSIONS).index(gate.STREAM_CASE)} and len(on_side_stream) == 4
+    assert rows["pass"].all()
+
+
 @pytest.mark.parametrize("callers_setting", [True, False])
 def test_npu_deform_conv_gives_the_callers_hf32_setting_back(callers_setting):
     torch.npu.conv.allow_hf32 = callers_setting

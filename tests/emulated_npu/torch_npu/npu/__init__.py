@@ -1,7 +1,7 @@
 """torch.npu as the emulation provides it (torch_npu registers its `torch_npu.npu` as torch.npu).
 
 Only what the harness calls, with torch_npu's names and signatures: availability and counts,
-synchronisation, timing events, the caching allocator's statistics, the device's name and
+synchronisation, streams (in order with each other: see Stream), timing events, the caching allocator's statistics, the device's name and
 properties (910B3: 20 cube cores, 40 vector cores), and the HF32 switch for convolutions.
 """
 
@@ -89,6 +89,44 @@ def get_device_properties(device=None):
     _check(device)
     return SimpleNamespace(name=DEVICE_NAME, total_memory=64 * 2**30, cube_core_num=20, vector_core_num=40,
                            L2_cache_size=192 * 2**20)
+
+
+class Stream:
+    """torch.npu.Stream(device=None, priority=0) (torch_npu/npu/streams.py). The emulated device runs each
+    operator when it is issued, so every stream is always in order with every other: a kernel that
+    ignores the current stream cannot be caught here, only on a real device."""
+
+    def __init__(self, device=None, priority: int = 0, **kwargs):
+        self.device_index = _check(device)
+
+    def synchronize(self) -> None:
+        """Work on the emulated device is done when the call returns."""
+
+
+_current_streams: list[Stream] = []
+
+
+class StreamContext:
+    """torch.npu.stream(stream) (torch_npu/npu/utils.py StreamContext): makes stream current; None: no-op."""
+
+    def __init__(self, stream_ctx: Stream | None):
+        self.stream = stream_ctx
+
+    def __enter__(self):
+        if self.stream is not None:
+            _current_streams.append(self.stream)
+
+    def __exit__(self, *exception) -> None:
+        if self.stream is not None:
+            _current_streams.pop()
+
+
+def stream(stream_ctx: Stream | None) -> StreamContext:
+    return StreamContext(stream_ctx)
+
+
+def current_stream(device=None) -> Stream:
+    return _current_streams[-1] if _current_streams else Stream(device)
 
 
 class Event:
