@@ -98,10 +98,8 @@ def gate_implementations(implementations, dtypes, device, examples, out: Path, t
     results = gate.run(implementations, dtypes, gate.sweep(examples, seed=0), device, Thresholds.load(),
                        compiled_examples=COMPILED_PARITY_EXAMPLES, timeout=timeout)
     summary = gate.summarise(results)
-    report = gate.markdown(summary, {}, f"# Parity before timing on {device}")
-    results.to_csv(out / "parity.csv", index=False)
-    (out / "parity.md").write_text(report)
-    print(report)
+    gate.publish(gate.markdown(summary, {}, f"# Parity before timing on {device}"), results, out, "parity",
+                 int((~results["pass"]).sum()))
     failing = summary[~summary["pass"]]
     failed = {row.implementation: f"{row.dtype} {row.quantity}: {row.failed} of {row.cases} cases over their bounds, "
                                   f"e.g. {row.tightest_case}" for row in failing.itertuples()}
@@ -169,24 +167,26 @@ def time_implementations(pytest_args: list[str], names: list[str], out: Path, ti
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
     progress = out / "timing-progress.txt"
     env[watchdog.PROGRESS] = str(progress)
+    # `-p bench.watchdog` is imported before pytest puts anything on sys.path: whatever the working directory.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_TESTS.parent.parent), env.get("PYTHONPATH")]))
     remaining, lost = list(names), {}
-    while remaining:
-        progress.write_text("")
-        # A separate process: pytest's plugins (hypothesis, benchmark) must load before the harness imports them.
-        child = subprocess.Popen(pytest_args + [arg for name in remaining for arg in ("--impl", name)], env=env)
-        failure = _watch(child, progress, timeout)
-        if failure is None:
-            progress.unlink()
-            return child.returncode, lost
-        started = progress.read_text().splitlines()
-        if not started:
-            progress.unlink()
-            return pytest.ExitCode.INTERNAL_ERROR, {**lost, "every implementation": f"{failure} before the first case"}
-        culprit, test = started[-1].split("\t")
-        lost[culprit] = f"{failure} while timing {test}"
-        remaining.remove(culprit)
-    progress.unlink()
-    return pytest.ExitCode.OK, lost
+    try:
+        while remaining:
+            progress.write_text("")
+            # A separate process: pytest's plugins (hypothesis, benchmark) must load before the harness imports them.
+            child = subprocess.Popen(pytest_args + [arg for name in remaining for arg in ("--impl", name)], env=env)
+            failure = _watch(child, progress, timeout)
+            if failure is None:
+                return child.returncode, lost
+            started = progress.read_text().splitlines()
+            if not started:
+                return pytest.ExitCode.INTERNAL_ERROR, {**lost, "every implementation": f"{failure} before the first case"}
+            culprit, test = started[-1].split("\t")
+            lost[culprit] = f"{failure} while timing {test}"
+            remaining.remove(culprit)
+        return pytest.ExitCode.OK, lost
+    finally:
+        progress.unlink(missing_ok=True)
 
 
 def _watch(child: subprocess.Popen, progress: Path, timeout: float) -> str | None:

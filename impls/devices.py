@@ -171,7 +171,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def has_streams(device: torch.device) -> bool:
-    return device.type in ("cuda", "npu")
+    return _accelerator(device) is not None
 
 
 def side_stream(device: torch.device):

@@ -187,7 +187,8 @@ def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled
     def work_of(impl, checked_one: bool) -> list[Run]:
         # Compiling per shape and interpreting both cost seconds a case; an interpreter's run-to-run
         # spread says nothing of the device it stands in for.
-        slow, interpreted = impl.compiles_per_shape or impl.interpreted(), impl.interpreted()
+        interpreted = impl.interpreted()
+        slow = impl.compiles_per_shape or interpreted
         work = []
         for index, problem in enumerate(cases):
             if slow and compiled_cases is not None and index >= compiled_cases:
