@@ -10,14 +10,16 @@ default otherwise) and `thorough` (long sweeps, for nox -s parity-thorough).
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
 import impls
+from bench import instruments, timing
+from bench.shapes import is_model_suite, suite
 from impls import devices, external
+from impls.cli import dtype_name
 
 settings.register_profile(
     "ci", max_examples=25, derandomize=True, deadline=None, print_blob=True,
@@ -38,14 +40,8 @@ def pytest_addoption(parser):
         help="implementation to test (repeatable; default: every registered one)",
     )
     external.add_option(parser.addoption, "test")
-    group = parser.getgroup("dcnv3 benchmark", "bench/test_bench.py (see python -m bench)")
-    group.addoption("--bench-suite", default="quick", help="shape suite from bench/shapes.py (default quick)")
-    group.addoption("--bench-dtype", action="append", default=None, help="dtype to time (repeatable; default float32)")
-    group.addoption("--bench-mode", action="append", default=None, help="forward, backward, forward+backward (repeatable; default all)")
-    group.addoption("--bench-seconds", type=float, default=1.0, help="time budget per case, sets the rounds (default 1.0)")
-    group.addoption("--bench-min-rounds", type=int, default=5, help="fewest timed rounds per case (default 5)")
-    group.addoption("--bench-max-rounds", type=int, default=200, help="most timed rounds per case (default 200)")
-    group.addoption("--bench-threads", type=int, default=0, help="torch CPU threads (default: torch's own choice)")
+    group = parser.getgroup("dcnv3 benchmark", "bench/test_bench.py (python -m bench's options, prefixed bench-)")
+    timing.add_options(group.addoption, "bench-", dict(action="append"))
 
 
 def pytest_configure(config):
@@ -90,47 +86,55 @@ def pytest_generate_tests(metafunc):
             for dtype in sorted(impls.get(name).dtypes, key=str)
         ]
         metafunc.parametrize(
-            "impl_dtype", pairs, ids=[f"{n}-{str(d).removeprefix('torch.')}" for n, d in pairs]
+            "impl_dtype", pairs, ids=[f"{n}-{dtype_name(d)}" for n, d in pairs]
         )
+
+
+_TIMING_REQUEST = pytest.StashKey[timing.TimingRequest]()
+
+
+def timing_request_of(config) -> timing.TimingRequest:
+    """The TimingRequest `python -m bench` handed over as a plug-in, or one made from this run's options."""
+    handed = [plugin for plugin in config.pluginmanager.get_plugins() if isinstance(plugin, timing.TimingRequest)]
+    if handed:
+        return handed[0]
+    if _TIMING_REQUEST not in config.stash:
+        settings = timing.settings_from(lambda name: config.getoption(f"--bench-{name.replace('_', '-')}"))
+        config.stash[_TIMING_REQUEST] = timing.TimingRequest(settings, config.getoption("--device"),
+                                                              selected_implementations(config))
+    return config.stash[_TIMING_REQUEST]
 
 
 def parametrize_benchmarks(metafunc, fixture: str):
     """`bench_case` takes an operator suite's shapes, `model_case` a model suite's backbones; each is
     empty (and skipped) for the other kind of suite."""
-    from bench.cases import MODEL_MODES, MODES
-    from bench.shapes import is_model_suite, suite
-    from parity.thresholds import dtype_name
-
-    config = metafunc.config
-    suite_name = config.getoption("--bench-suite")
-    models = is_model_suite(suite_name)
-    dtypes = [getattr(torch, name) for name in config.getoption("--bench-dtype") or ["float32"]]
-    modes = config.getoption("--bench-mode") or list(MODEL_MODES if models else MODES)
-    try:
-        shapes = suite(suite_name) if models == (fixture == "model_case") else []
-    except ValueError as error:
-        raise pytest.UsageError(str(error)) from None
+    request = timing_request_of(metafunc.config)
+    settings = request.settings
+    shapes = suite(settings.suite) if is_model_suite(settings.suite) == (fixture == "model_case") else []
     cases = [
         (impls.get(name), shape, mode, dtype)
-        for dtype in dtypes
+        for dtype in settings.dtypes
         for shape in shapes
-        for mode in modes
-        for name in selected_implementations(config)
+        for mode in settings.modes
+        for name in request.implementations
         if name != "reference" and impls.get(name).supports(dtype)
     ]
-    ids = [f"{i.name}-{s.name}-{m}-{dtype_name(d)}" for i, s, m, d in cases]
-    metafunc.parametrize(fixture, cases, ids=ids)
+    clock = pytest.mark.benchmark(timer=instruments.synchronised_timer(request.device))
+    metafunc.parametrize(fixture, [pytest.param(case, marks=clock) for case in cases],
+                         ids=[f"{i.name}-{s.name}-{m}-{dtype_name(d)}" for i, s, m, d in cases])
 
 
 @pytest.fixture(scope="session")
-def bench_settings(request):
-    option = request.config.getoption
-    if option("--bench-threads"):
-        torch.set_num_threads(option("--bench-threads"))
-    return SimpleNamespace(
-        suite=option("--bench-suite"), seconds=option("--bench-seconds"),
-        min_rounds=option("--bench-min-rounds"), max_rounds=option("--bench-max-rounds"),
-    )
+def timing_request(request) -> timing.TimingRequest:
+    handed = timing_request_of(request.config)
+    if handed.settings.threads:
+        torch.set_num_threads(handed.settings.threads)
+    return handed
+
+
+@pytest.fixture(scope="session")
+def bench_device(timing_request) -> torch.device:
+    return _usable_device(timing_request.device)
 
 
 def _timeable(case, device):
@@ -141,22 +145,25 @@ def _timeable(case, device):
 
 
 @pytest.fixture
-def available_bench_case(bench_case, device):
-    return _timeable(bench_case, device)
+def available_bench_case(bench_case, bench_device):
+    return _timeable(bench_case, bench_device)
 
 
 @pytest.fixture
-def available_model_case(model_case, device):
-    return _timeable(model_case, device)
+def available_model_case(model_case, bench_device):
+    return _timeable(model_case, bench_device)
 
 
-@pytest.fixture(scope="session")
-def device(request) -> torch.device:
-    spec = request.config.getoption("--device")
+def _usable_device(spec: str) -> torch.device:
     reason = devices.unavailable_reason(devices.type_of(spec))
     if reason is not None:
         pytest.skip(reason)
     return torch.device(spec)
+
+
+@pytest.fixture(scope="session")
+def device(request) -> torch.device:
+    return _usable_device(request.config.getoption("--device"))
 
 
 @pytest.fixture

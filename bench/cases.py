@@ -6,25 +6,25 @@ from typing import Callable
 
 import torch
 
+from bench.records import MODES
 from bench.shapes import ModelCase, Shape
 from impls import Implementation, internimage
 
-MODES = ("forward", "backward", "forward+backward")
-# A whole model: inference and a training step (a backward alone is no workload of its own there).
-MODEL_MODES = ("forward", "forward+backward")
 
-
-def make_inputs(shape: Shape, dtype: torch.dtype, device: torch.device, seed: int = 0):
-    """Inputs at model-like scales: unit features, offsets of about a pixel, softmax masks."""
-    torch.manual_seed(seed)
+def make_inputs(shape: Shape, dtype: torch.dtype, device: torch.device, generator: torch.Generator):
+    """Inputs at model-like scales: unit features, offsets of about a pixel, softmax masks. Drawn on the
+    CPU from `generator`, so that every device and implementation times the same numbers."""
     p = shape.params
     out_h, out_w = shape.output_size
-    input = torch.randn(shape.batch, shape.height, shape.width, p.channels, device=device).to(dtype)
-    offset = torch.randn(shape.batch, out_h, out_w, p.group * p.points * 2, device=device).to(dtype)
-    logits = torch.randn(shape.batch, out_h, out_w, p.group, p.points, device=device)
-    mask = torch.softmax(logits, -1).reshape(shape.batch, out_h, out_w, -1).to(dtype)
-    grad_output = torch.randn(shape.batch, out_h, out_w, p.channels, device=device).to(dtype)
-    return input, offset, mask, grad_output
+
+    def draw(*size):
+        return torch.randn(*size, generator=generator)
+
+    input = draw(shape.batch, shape.height, shape.width, p.channels)
+    offset = draw(shape.batch, out_h, out_w, p.group * p.points * 2)
+    mask = torch.softmax(draw(shape.batch, out_h, out_w, p.group, p.points), -1).reshape(shape.batch, out_h, out_w, -1)
+    grad_output = draw(shape.batch, out_h, out_w, p.channels)
+    return tuple(t.to(device, dtype) for t in (input, offset, mask, grad_output))
 
 
 def repetition(mode: str, forward: Callable[[], object], differentiated: list[torch.Tensor],
@@ -56,7 +56,7 @@ def repetition(mode: str, forward: Callable[[], object], differentiated: list[to
 
 def runner(impl: Implementation, shape: Shape, mode: str, dtype: torch.dtype, device: torch.device) -> Callable[[], None]:
     """A callable doing one repetition of `mode` of the operator, differentiated in its three tensors."""
-    input, offset, mask, grad_output = make_inputs(shape, dtype, device)
+    input, offset, mask, grad_output = make_inputs(shape, dtype, device, torch.Generator().manual_seed(0))
     leaves = [input, offset, mask] if mode == "forward" else [t.requires_grad_() for t in (input, offset, mask)]
     return repetition(mode, lambda: impl(*leaves, shape.params), leaves, grad_output)
 

@@ -73,6 +73,7 @@ def main(argv=None) -> int:
         return 1
 
     import impls  # needs torch >= TORCH_FLOOR
+    from bench import instruments
     from impls import devices
 
     device_type = devices.best_device_type() if args.device == "auto" else devices.type_of(args.device)
@@ -83,8 +84,8 @@ def main(argv=None) -> int:
         return 1
     device = devices.resolve(args.device)
     print(f"device: {device} ({devices.device_name(device)})")
-    print("versions: " + ", ".join(f"{name} {version}" for name, version in devices.versions().items()))
-    for warning in devices.timing_warnings(device):
+    print("versions: " + ", ".join(f"{name} {version}" for name, version in instruments.versions().items()))
+    for warning in instruments.timing_warnings(device):
         print(f"warning: {warning}")
     for name in [n for n in impls.names() if n != "reference"]:
         why_not = impls.get(name).untimed_reason(device)

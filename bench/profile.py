@@ -16,7 +16,7 @@ import time
 from typing import Callable
 
 import torch
-from torch.profiler import profile
+from torch.profiler import ProfilerActivity, profile
 
 from impls import devices
 from impls.nn import CORE_RANGE
@@ -34,6 +34,16 @@ FAMILIES = [
     ("copies and layout", r"copy|contiguous|clone|permute|transpose|reshape|view|expand|cat|stack|empty|as_strided"),
     ("elementwise and reductions", r"add|mul|sub|div|where|fill|zero|sum|mean|neg|pow|sqrt|rsqrt"),
 ]
+
+
+def profiler_clock(device: torch.device) -> tuple[list, bool, str]:
+    """(torch.profiler activities, whether operator times are the device's own, what the times are)."""
+    if device.type == "cuda":
+        return [ProfilerActivity.CPU, ProfilerActivity.CUDA], True, "cuda device time"
+    if device.type == "npu":
+        # NPU kernels are seen by torch_npu.profiler only; torch.profiler times their launches.
+        return [ProfilerActivity.CPU], False, "npu host (launch) time"
+    return [ProfilerActivity.CPU], False, "cpu time"
 
 
 def family(name: str) -> str:
@@ -62,7 +72,7 @@ def core_roots(events) -> list:
 
 def profiled(run: Callable[[], None], device: torch.device) -> tuple[list, float]:
     """(the host-side events of one call of run under torch.profiler, its wall time in ms)."""
-    activities, _, _ = devices.profiler_clock(device)
+    activities, _, _ = profiler_clock(device)
     started = time.perf_counter()
     with profile(activities=activities) as profiler:
         run()
@@ -73,7 +83,7 @@ def profiled(run: Callable[[], None], device: torch.device) -> tuple[list, float
 
 def breakdown(run: Callable[[], None], device: torch.device) -> dict[str, float]:
     """Milliseconds per family for one call of run, the core first, then what no operator accounts for."""
-    _, device_times, _ = devices.profiler_clock(device)
+    _, device_times, _ = profiler_clock(device)
     events, wall_ms = profiled(run, device)
     roots = {id(event) for event in core_roots(events)}
 

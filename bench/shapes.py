@@ -38,8 +38,9 @@ class Shape:
         return row
 
 
-def dcnv3_3x3(group: int, group_channels: int, offset_scale: float = 1.0, kernel: int = 3,
-              remove_center: bool = False) -> DCNv3Params:
+def same_padding_params(group: int, group_channels: int, offset_scale: float = 1.0, kernel: int = 3,
+                        remove_center: bool = False) -> DCNv3Params:
+    """A square kernel at stride 1 padded to keep the image's size, as InternImage's DCNv3 layers are."""
     pad = (kernel - 1) // 2
     return DCNv3Params(kernel, kernel, 1, 1, pad, pad, 1, 1, group, group_channels, offset_scale, remove_center)
 
@@ -72,7 +73,7 @@ def internimage(model: str, task: str, batch: int | None = None) -> list[Shape]:
         side = size // 2 ** (stage + 2)
         shapes.append(Shape(
             name=f"{model}-{task}{size}-s{stage + 1}{suffix}", batch=batch, height=side, width=side,
-            params=dcnv3_3x3(group, config.stage_channels(stage) // group, config.offset_scale),
+            params=same_padding_params(group, config.stage_channels(stage) // group, config.offset_scale),
         ))
     return shapes
 
@@ -87,16 +88,16 @@ def _sweeps() -> dict[str, list[Shape]]:
     t_stage1 = dict(group=4, group_channels=16)
     return {
         "sweep-resolution": [
-            Shape(f"res{side}", 1, side, side, dcnv3_3x3(**t_stage1)) for side in (14, 28, 56, 112, 224)
+            Shape(f"res{side}", 1, side, side, same_padding_params(**t_stage1)) for side in (14, 28, 56, 112, 224)
         ],
         "sweep-channels": [
-            Shape(f"D{d}", 1, 56, 56, dcnv3_3x3(4, d)) for d in (8, 16, 32, 64, 128)
+            Shape(f"D{d}", 1, 56, 56, same_padding_params(4, d)) for d in (8, 16, 32, 64, 128)
         ],
         "sweep-groups": [
-            Shape(f"G{g}", 1, 56, 56, dcnv3_3x3(g, 256 // g)) for g in (1, 4, 8, 16, 32)
+            Shape(f"G{g}", 1, 56, 56, same_padding_params(g, 256 // g)) for g in (1, 4, 8, 16, 32)
         ],
         "sweep-kernel": [
-            Shape(f"k{k}{'-rc' if rc else ''}", 1, 56, 56, dcnv3_3x3(4, 16, kernel=k, remove_center=rc))
+            Shape(f"k{k}{'-rc' if rc else ''}", 1, 56, 56, same_padding_params(4, 16, kernel=k, remove_center=rc))
             for k in (3, 5) for rc in (False, True)
         ],
     }
@@ -118,9 +119,9 @@ def _internimage_suites() -> dict[str, list[Shape]]:
 SUITES: dict[str, list[Shape] | list[ModelCase]] = {
     # Small enough for CI's smoke run of the whole pipeline on 2 cores.
     "quick": [
-        Shape("q14-G2D8", 1, 14, 14, dcnv3_3x3(2, 8)),
-        Shape("q20-G4D16", 1, 20, 20, dcnv3_3x3(4, 16)),
-        Shape("q24-G4D16-rc", 1, 24, 24, dcnv3_3x3(4, 16, remove_center=True)),
+        Shape("q14-G2D8", 1, 14, 14, same_padding_params(2, 8)),
+        Shape("q20-G4D16", 1, 20, 20, same_padding_params(4, 16)),
+        Shape("q24-G4D16-rc", 1, 24, 24, same_padding_params(4, 16, remove_center=True)),
     ],
     **_internimage_suites(),
     **_sweeps(),

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from bench import instruments
 from bench.shapes import Shape
-from impls import devices
 
 # Peak DRAM bandwidth, bytes/s, by device-name substring. Elsewhere (and on
 # cpu) the fraction of peak is taken against the copy bandwidth measured in the
@@ -58,11 +58,7 @@ def copy_bandwidth(device: torch.device, megabytes: int = 256, repeats: int = 10
     """Bytes/s of a large device-to-device copy (read + write), best of `repeats`."""
     source = torch.ones(megabytes * 2**20 // 4, dtype=torch.float32, device=device)
     target = torch.empty_like(source)
-    clock = devices.Clock(device)
+    timer = instruments.synchronised_timer(device)
     target.copy_(source)
-    best_ms = float("inf")
-    for _ in range(repeats):
-        clock.start()
-        target.copy_(source)
-        best_ms = min(best_ms, clock.stop())
+    best_ms = min(instruments.elapsed_ms(timer, lambda: target.copy_(source)) for _ in range(repeats))
     return 2 * source.numel() * 4 / (best_ms / 1e3)

@@ -49,8 +49,7 @@ def _row_major_positions(params: DCNv3Params) -> list[int | None]:
 def _folded_scale(params: DCNv3Params, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(dx, dy) added per row-major point so a DCNv2 kernel samples where DCNv3 does with offset_scale."""
     s = params.offset_scale
-    cw = (params.dilation_w * (params.kernel_w - 1)) // 2
-    ch = (params.dilation_h * (params.kernel_h - 1)) // 2
+    ch, cw = params.window_centre
     i = torch.arange(params.kernel_w, dtype=dtype, device=device).repeat(params.kernel_h)
     j = torch.arange(params.kernel_h, dtype=dtype, device=device).repeat_interleave(params.kernel_w)
     return (i * params.dilation_w - cw) * (s - 1), (j * params.dilation_h - ch) * (s - 1)

@@ -28,8 +28,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _reference_points(params: DCNv3Params, padded_h, padded_w, out_h, out_w, device, dtype):
     """Normalised [0, 1] centre of each output pixel's kernel window: [1, Ho, Wo, 1, 2] (x, y)."""
-    ch = (params.dilation_h * (params.kernel_h - 1)) // 2
-    cw = (params.dilation_w * (params.kernel_w - 1)) // 2
+    ch, cw = params.window_centre
     ys = (torch.arange(out_h, device=device, dtype=dtype) * params.stride_h + ch + 0.5) / padded_h
     xs = (torch.arange(out_w, device=device, dtype=dtype) * params.stride_w + cw + 0.5) / padded_w
     ref_y, ref_x = torch.meshgrid(ys, xs, indexing="ij")
@@ -38,12 +37,7 @@ def _reference_points(params: DCNv3Params, padded_h, padded_w, out_h, out_w, dev
 
 def _kernel_grid(params: DCNv3Params, padded_h, padded_w, device, dtype):
     """Normalised displacement of each kept point from the window centre: [1, 1, 1, G*P, 2]."""
-    ch = (params.dilation_h * (params.kernel_h - 1)) // 2
-    cw = (params.dilation_w * (params.kernel_w - 1)) // 2
-    displacements = [
-        ((i * params.dilation_w - cw) / padded_w, (j * params.dilation_h - ch) / padded_h)
-        for i, j in params.kernel_points()
-    ]
+    displacements = [(dx / padded_w, dy / padded_h) for dy, dx in params.point_displacements()]
     grid = torch.tensor(displacements, device=device, dtype=dtype)
     return grid.repeat(params.group, 1).reshape(1, 1, 1, params.group * params.points, 2)
 

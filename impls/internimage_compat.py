@@ -29,6 +29,7 @@ import sys
 
 import torch
 
+from impls.cli import dtype_name
 from impls.params import DCNv3Params, validate
 from impls.registry import Implementation, auto, get
 
@@ -60,7 +61,7 @@ def _chosen(input: torch.Tensor, offset, mask, params: DCNv3Params) -> Implement
     key = (input.device.type, input.dtype, impl.name)
     if key not in _announced:
         _announced.add(key)
-        dtype = str(input.dtype).removeprefix("torch.")
+        dtype = dtype_name(input.dtype)
         sys.stderr.write(f"DCNv3 (dcnv3-harness): {impl.name} on {input.device.type} {dtype} ({why})\n")
     return impl
 

@@ -34,7 +34,6 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from impls import devices
 from impls.params import DCNv3Params
 from impls.registry import register
 
@@ -45,13 +44,7 @@ BILINEAR, ZEROS = 0, 0  # grid_sampler_2d's enum values for mode and padding_mod
 def _base_grid(params: DCNv3Params, height: int, width: int, out_h: int, out_w: int,
                device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Normalised grid_sample coordinates of every point with zero offset: [1, 1, P, Ho, Wo, 2]."""
-    ch = (params.dilation_h * (params.kernel_h - 1)) // 2
-    cw = (params.dilation_w * (params.kernel_w - 1)) // 2
-    i, j = (torch.tensor(axis, dtype=torch.float64) for axis in zip(*params.kernel_points()))
-    cols = torch.arange(out_w, dtype=torch.float64) * params.stride_w - params.pad_w + cw
-    rows = torch.arange(out_h, dtype=torch.float64) * params.stride_h - params.pad_h + ch
-    x = cols[None, None, :] + ((i * params.dilation_w - cw) * params.offset_scale)[:, None, None]
-    y = rows[None, :, None] + ((j * params.dilation_h - ch) * params.offset_scale)[:, None, None]
+    y, x = (axis.permute(2, 0, 1) for axis in params.base_positions(out_h, out_w))  # [P, Ho, 1], [P, 1, Wo]
     # align_corners=False: pixel c sits at (2c + 1) / size - 1.
     grid = torch.stack(torch.broadcast_tensors((2 * x + 1) / width - 1, (2 * y + 1) / height - 1), -1)
     return grid[None, None].to(device=device, dtype=dtype)
@@ -136,8 +129,23 @@ def _permute_pairs(pairs, dims):
     return as_words.permute(*dims).contiguous().unsqueeze(-1).view(torch.float32)
 
 
+# glibc recycles freed blocks below its largest mmap threshold (32 MB) from the
+# heap; larger temporaries are mmapped and page-faulted in on every call.
+CPU_TEMPORARY_BUDGET = 24 * 2**20
+
+
+def _temporary_budget_bytes(device: torch.device) -> int | None:
+    """How large one pass's big temporaries should be on device; None: no limit.
+
+    On CPU the batch is split to stay under it (measured on the
+    InternImage-T segmentation shapes); accelerators' caching allocators reuse
+    blocks of any size, and fewer, larger launches pay there.
+    """
+    return CPU_TEMPORARY_BUDGET if device.type == "cpu" else None
+
+
 def _batch_chunks(batch: int, sampled_bytes_per_image: int, device: torch.device) -> list[slice]:
-    budget = devices.temporary_budget_bytes(device)
+    budget = _temporary_budget_bytes(device)
     per_chunk = max(batch, 1) if budget is None else max(1, budget // max(sampled_bytes_per_image, 1))
     return [slice(first, min(first + per_chunk, batch)) for first in range(0, batch, per_chunk)]
 

@@ -13,6 +13,8 @@ from typing import Iterable
 
 import torch
 
+from impls.cli import dtype_name
+
 
 @dataclass(frozen=True)
 class DCNv3Params:
@@ -93,6 +95,31 @@ class DCNv3Params:
             if not (self.remove_center and (i, j) == centre)
         ]
 
+    @property
+    def window_centre(self) -> tuple[int, int]:
+        """(ch, cw): the window's centre from its first tap, in input pixels, (dilation * (kernel - 1)) // 2
+        with the contract's integer division (an even kernel's centre is its tap left of the middle)."""
+        return (self.dilation_h * (self.kernel_h - 1)) // 2, (self.dilation_w * (self.kernel_w - 1)) // 2
+
+    def point_displacements(self) -> list[tuple[int, int]]:
+        """(dy, dx) of each point p from the window centre before offset_scale: (j * dilation_h - ch, i * dilation_w - cw)."""
+        ch, cw = self.window_centre
+        return [(j * self.dilation_h - ch, i * self.dilation_w - cw) for i, j in self.kernel_points()]
+
+    def window_centres(self, out_h: int, out_w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float64 input coordinates of each output row's and column's window centre: (rows [Ho], cols [Wo])."""
+        ch, cw = self.window_centre
+        rows = torch.arange(out_h, dtype=torch.float64) * self.stride_h - self.pad_h + ch
+        cols = torch.arange(out_w, dtype=torch.float64) * self.stride_w - self.pad_w + cw
+        return rows, cols
+
+    def base_positions(self, out_h: int, out_w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float64 sampling (y [Ho, 1, P], x [1, Wo, P]) of every point with a zero offset: the window centre
+        plus the point's displacement times offset_scale (the contract's sampling position, offset aside)."""
+        rows, cols = self.window_centres(out_h, out_w)
+        dy, dx = (torch.tensor(axis, dtype=torch.float64) for axis in zip(*self.point_displacements()))
+        return rows[:, None, None] + dy * self.offset_scale, cols[None, :, None] + dx * self.offset_scale
+
     def layout(self, height: int, width: int) -> tuple[int, int, int, int] | None:
         """(Ho, Wo, offset's last dimension, mask's last dimension), None for an empty output; cached."""
         key = (height, width)
@@ -122,7 +149,7 @@ class DCNv3Params:
 
 
 def _dtype_names(dtypes: Iterable[torch.dtype]) -> str:
-    return ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
+    return ", ".join(sorted(dtype_name(d) for d in dtypes))
 
 
 def validate(

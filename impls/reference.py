@@ -18,26 +18,26 @@ from impls.params import DCNv3Params
 from impls.registry import register
 
 
-def _sampling_position(params: DCNv3Params, ho: int, wo: int, i: int, j: int, dx: float, dy: float):
+def _sampling_position(params: DCNv3Params, ho: int, wo: int, displacement: tuple[int, int], dx: float, dy: float):
     """(y, x) of a point in unpadded input coordinates; Python floats are float64."""
-    cw = (params.dilation_w * (params.kernel_w - 1)) // 2
-    ch = (params.dilation_h * (params.kernel_h - 1)) // 2
+    ch, cw = params.window_centre
     scale = params.offset_scale
-    x = wo * params.stride_w - params.pad_w + cw + (i * params.dilation_w - cw) * scale + dx * scale
-    y = ho * params.stride_h - params.pad_h + ch + (j * params.dilation_h - ch) * scale + dy * scale
+    x = wo * params.stride_w - params.pad_w + cw + displacement[1] * scale + dx * scale
+    y = ho * params.stride_h - params.pad_h + ch + displacement[0] * scale + dy * scale
     return y, x
 
 
-def _corners(y: float, x: float, height: int, width: int):
-    """The in-bounds bilinear corners of (y, x): (row, col, weight, d_weight/dy, d_weight/dx).
+def bilinear_corners(y: float, x: float, height: int, width: int, real=float):
+    """The in-bounds bilinear corners of (y, x): (row, col, weight, d_weight/dy, d_weight/dx), computed in
+    `real` (Python's float64 here; numpy.float32 where impls/ascendc/tiling.py follows its kernel).
 
     Empty when the point lies on or beyond the -1 / H / W border lines.
     """
     if not (y > -1 and x > -1 and y < height and x < width):
         return []
     y0, x0 = math.floor(y), math.floor(x)
-    ly, lx = y - y0, x - x0
-    hy, hx = 1.0 - ly, 1.0 - lx
+    ly, lx = real(y - real(y0)), real(x - real(x0))
+    hy, hx = real(1) - ly, real(1) - lx
     candidates = (
         (y0, x0, hy * hx, -hx, -hy),
         (y0, x0 + 1, hy * lx, -lx, hy),
@@ -51,7 +51,7 @@ def _forward(image, offset, mask, params: DCNv3Params):
     batch, height, width, _ = image.shape
     _, out_h, out_w, _ = offset.shape
     group_channels, points = params.group_channels, params.points
-    kernel_points = params.kernel_points()
+    displacements = params.point_displacements()
     output = np.zeros((batch, out_h, out_w, params.channels))
     for n in range(batch):
         for ho in range(out_h):
@@ -59,11 +59,11 @@ def _forward(image, offset, mask, params: DCNv3Params):
                 for g in range(params.group):
                     channels = slice(g * group_channels, (g + 1) * group_channels)
                     acc = np.zeros(group_channels)
-                    for p, (i, j) in enumerate(kernel_points):
+                    for p, displacement in enumerate(displacements):
                         k = g * points + p
                         dx, dy = offset[n, ho, wo, 2 * k], offset[n, ho, wo, 2 * k + 1]
-                        y, x = _sampling_position(params, ho, wo, i, j, dx, dy)
-                        for row, col, weight, _, _ in _corners(y, x, height, width):
+                        y, x = _sampling_position(params, ho, wo, displacement, dx, dy)
+                        for row, col, weight, _, _ in bilinear_corners(y, x, height, width):
                             acc += (mask[n, ho, wo, k] * weight) * image[n, row, col, channels]
                     output[n, ho, wo, channels] = acc
     return output
@@ -73,7 +73,7 @@ def _backward(image, offset, mask, grad_output, params: DCNv3Params):
     batch, height, width, _ = image.shape
     _, out_h, out_w, _ = offset.shape
     group_channels, points = params.group_channels, params.points
-    kernel_points = params.kernel_points()
+    displacements = params.point_displacements()
     grad_image = np.zeros_like(image)
     grad_offset = np.zeros_like(offset)
     grad_mask = np.zeros_like(mask)
@@ -83,15 +83,15 @@ def _backward(image, offset, mask, grad_output, params: DCNv3Params):
                 for g in range(params.group):
                     channels = slice(g * group_channels, (g + 1) * group_channels)
                     upstream = grad_output[n, ho, wo, channels]
-                    for p, (i, j) in enumerate(kernel_points):
+                    for p, displacement in enumerate(displacements):
                         k = g * points + p
                         dx, dy = offset[n, ho, wo, 2 * k], offset[n, ho, wo, 2 * k + 1]
-                        y, x = _sampling_position(params, ho, wo, i, j, dx, dy)
+                        y, x = _sampling_position(params, ho, wo, displacement, dx, dy)
                         weight_of_point = mask[n, ho, wo, k]
                         value = np.zeros(group_channels)
                         dvalue_dy = np.zeros(group_channels)
                         dvalue_dx = np.zeros(group_channels)
-                        for row, col, weight, dweight_dy, dweight_dx in _corners(y, x, height, width):
+                        for row, col, weight, dweight_dy, dweight_dx in bilinear_corners(y, x, height, width):
                             pixel = image[n, row, col, channels]
                             value += weight * pixel
                             dvalue_dy += dweight_dy * pixel

@@ -10,6 +10,7 @@ import torch
 
 from impls import Implementation, baseline, devices, get
 from parity.problems import Problem
+from parity.summary import Verdict
 from parity.thresholds import Thresholds
 
 QUANTITIES = ("output", "grad_input", "grad_offset", "grad_mask")
@@ -123,8 +124,8 @@ def differences(actual: torch.Tensor, reference: torch.Tensor) -> Difference:
 
 
 def judge(name: str, dtype: torch.dtype, actual: dict | None, truth: dict, baseline: dict | None,
-          thresholds: Thresholds) -> dict[str, dict]:
-    """Per quantity of truth, the row fields of `name`'s outputs `actual` (None: the call raised) under the
+          thresholds: Thresholds) -> dict[str, Verdict]:
+    """Per quantity of truth, the verdict on `name`'s outputs `actual` (None: the call raised) under the
     per-case rule, against `baseline`, the baseline's Differences on the same case (None: it raised)."""
     judged = {}
     for quantity, reference in truth.items():
@@ -132,12 +133,12 @@ def judge(name: str, dtype: torch.dtype, actual: dict | None, truth: dict, basel
         yardstick = UNKNOWN if baseline is None else baseline[quantity]
         bound = thresholds.get(name, dtype, quantity)
         limits = bound.judge(found.max_abs, found.mean_abs, yardstick.max_abs, yardstick.mean_abs)
-        judged[quantity] = {
-            "max_abs_diff": found.max_abs, "mean_abs_diff": found.mean_abs, "max_rel_diff": found.max_rel,
-            "baseline_max_abs_diff": yardstick.max_abs, "baseline_mean_abs_diff": yardstick.mean_abs,
-            "bound": limits.max_bound, "mean_bound": limits.mean_bound, "ceiling": bound.ceiling,
-            "rule": limits.rule, "pass": limits.passed,
-        }
+        judged[quantity] = Verdict(
+            max_abs_diff=found.max_abs, mean_abs_diff=found.mean_abs, max_rel_diff=found.max_rel,
+            baseline_max_abs_diff=yardstick.max_abs, baseline_mean_abs_diff=yardstick.mean_abs,
+            bound=limits.max_bound, mean_bound=limits.mean_bound, ceiling=bound.ceiling, rule=limits.rule,
+            passed=limits.passed,
+        )
     return judged
 
 
@@ -150,11 +151,11 @@ def assert_matches_reference(impl: Implementation, problem: Problem, dtype: torc
     actual = evaluate(impl, problem, dtype, device, asked)
     yardstick = actual if impl.baseline else evaluate(baseline(), problem, dtype, device, asked)
     measured = {q: differences(yardstick[q], truth[q]) for q in truth}
-    for quantity, row in judge(impl.name, dtype, actual, truth, measured, thresholds).items():
+    for quantity, verdict in judge(impl.name, dtype, actual, truth, measured, thresholds).items():
         torch.testing.assert_close(
-            actual[quantity], truth[quantity], atol=row["bound"], rtol=0,
-            msg=lambda m, q=quantity, b=row: f"{impl.name} {q} over {b['bound']:g} ({b['rule']}) on {problem.label()}\n{m}",
+            actual[quantity], truth[quantity], atol=verdict.bound, rtol=0,
+            msg=lambda m, q=quantity, v=verdict: f"{impl.name} {q} over {v.bound:g} ({v.rule}) on {problem.label()}\n{m}",
         )
-        assert row["mean_abs_diff"] <= row["mean_bound"], (
-            f"{impl.name} {quantity}: mean abs diff {row['mean_abs_diff']:.3g} over {row['mean_bound']:.3g} "
-            f"({row['baseline_mean_abs_diff']:.3g} for the baseline) on {problem.label()}")
+        assert verdict.mean_abs_diff <= verdict.mean_bound, (
+            f"{impl.name} {quantity}: mean abs diff {verdict.mean_abs_diff:.3g} over {verdict.mean_bound:.3g} "
+            f"({verdict.baseline_mean_abs_diff:.3g} for the baseline) on {problem.label()}")

@@ -8,9 +8,11 @@ implementation by name, loading the `--impl-module` spec the implementation came
 (Implementation.origin), so an implementation registered only inside the parent cannot be isolated:
 it fails with a sentence saying to use `--no-isolate`.
 
-A child runs the items in order and reports each before and after; a child that dies (a signal or an
-exit) or reports nothing for `timeout` seconds is killed, the item it was on becomes a failure naming
-what happened, and a fresh child goes on with the rest, up to CRASHES_ALLOWED times.
+A child runs the items in order and reports each as it ends; a task may also say what it is on
+(`heartbeat`: a long item, such as timing every case of an implementation). A child that dies (a signal
+or an exit) or reports nothing for `timeout` seconds is killed, the item it was on becomes a failure
+naming what happened (and the last heartbeat), and a fresh child goes on with the rest, up to
+CRASHES_ALLOWED times.
 """
 
 from __future__ import annotations
@@ -33,6 +35,19 @@ PRELOAD = ["torch", "impls", "parity.compare", "parity.isolate"]
 CRASHES_ALLOWED = 3
 # A task: (implementation, item, device) -> a picklable value; a module-level function, so that it pickles.
 Task = Callable[[Implementation, Any, torch.device], Any]
+
+
+def _silent(note: str) -> None:
+    pass
+
+
+_beat: Callable[[str], None] = _silent
+
+
+def heartbeat(note: str) -> None:
+    """From a task: still working, now on `note`. In a child the parent's timeout starts again and a
+    crash is reported as being while `note`; in-process it does nothing."""
+    _beat(note)
 
 
 @dataclass
@@ -68,7 +83,7 @@ def isolated(task: Task, impl: Implementation, work: list, device: torch.device,
                                 name=f"parity-{impl.name}", daemon=True)
         child.start()
         sending.close()
-        done, failure = 0, ""
+        done, failure, note = 0, "", ""
         try:
             while done < len(remaining):
                 message = _receive(receiving, child, timeout)
@@ -79,13 +94,16 @@ def isolated(task: Task, impl: Implementation, work: list, device: torch.device,
                     failure = _death(child)
                     break
                 kind, *payload = message
+                if kind == "alive":
+                    note = payload[0]
+                    continue
                 if kind == "unresolvable":
                     yield from (Outcome(item, None, payload[0]) for item in remaining)
                     return
                 if kind == "done":
                     value, error = payload
                     yield Outcome(remaining[done], value, error)
-                    done += 1
+                    done, note = done + 1, ""
         finally:
             receiving.close()
             if child.is_alive():
@@ -93,6 +111,8 @@ def isolated(task: Task, impl: Implementation, work: list, device: torch.device,
             child.join()
         if not failure:
             return
+        if note:
+            failure = f"{failure} while {note}"
         crashes += 1
         on = remaining[done]
         remaining = remaining[done + 1:]
@@ -127,8 +147,14 @@ def _death(child) -> str:
 
 
 def _serve(sending, path: list[str], task: Task, name: str, origin: str, device: torch.device, work: list) -> None:
+    global _beat
     # The forkserver holds the sys.path of when it started; an --impl-module may need what came later.
     sys.path[:] = path
+
+    def beat(note: str) -> None:
+        sending.send(("alive", note))
+
+    _beat = beat
     importlib.invalidate_caches()
     try:
         if origin and name not in impls.names():

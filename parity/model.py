@@ -29,7 +29,8 @@ import torch
 
 import impls
 from impls import devices, internimage
-from parity.thresholds import dtype_name
+from impls.cli import dtype_name
+from parity.summary import publish
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -206,6 +207,4 @@ def main(args, implementations, skipped, dtypes, device) -> int:
         f"dtype's floor (parity/model_thresholds.toml). "
         f"torch {torch.__version__}, {time.perf_counter() - started:.1f} s. {verdict}."
     )
-    from parity.gate import publish  # the gate imports this module
-
     return publish(report(summary, skipped, header), results, args.out, "model-parity", failed)

@@ -28,6 +28,8 @@ class Problem:
     offset_kind: str = "inside"
     smooth: bool = False
     seed: int = 0
+    # One of parity/regressions.py's: implementations too slow for the whole sweep run these and a few drawn.
+    regression: bool = False
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -37,7 +39,7 @@ class Problem:
         """Flat fields for a CSV row."""
         row = {"N": self.batch, "H": self.height, "W": self.width}
         row.update(asdict(self.params))
-        row.update(offset_kind=self.offset_kind, smooth=self.smooth, seed=self.seed)
+        row.update(offset_kind=self.offset_kind, smooth=self.smooth, seed=self.seed, regression=self.regression)
         return row
 
     def label(self) -> str:
@@ -64,15 +66,7 @@ class Problem:
 
     def base_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling (y, x) of every point with zero offset, broadcastable to [N, Ho, Wo, G, P]."""
-        p = self.params
-        out_h, out_w = self.output_size
-        ch = (p.dilation_h * (p.kernel_h - 1)) // 2
-        cw = (p.dilation_w * (p.kernel_w - 1)) // 2
-        i, j = (torch.tensor(axis, dtype=torch.float64) for axis in zip(*p.kernel_points()))
-        rows = torch.arange(out_h, dtype=torch.float64) * p.stride_h - p.pad_h + ch
-        cols = torch.arange(out_w, dtype=torch.float64) * p.stride_w - p.pad_w + cw
-        base_y = rows[:, None, None] + (j * p.dilation_h - ch) * p.offset_scale
-        base_x = cols[None, :, None] + (i * p.dilation_w - cw) * p.offset_scale
+        base_y, base_x = self.params.base_positions(*self.output_size)
         return base_y[None, :, :, None, :], base_x[None, :, :, None, :]
 
     def offset_gradient_mask(self, offset: torch.Tensor) -> torch.Tensor:

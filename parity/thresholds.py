@@ -16,16 +16,14 @@ from pathlib import Path
 
 import torch
 
+from impls.cli import dtype_name
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:
     import tomli as tomllib
 
 DEFAULT_PATH = Path(__file__).with_name("thresholds.toml")
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 @dataclass(frozen=True)

@@ -29,16 +29,14 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from parity.gate import summarise  # noqa: E402
-
-MODES = ("forward", "backward", "forward+backward")
-ROW_KEYS = ["implementation", "device", "dtype", "mode", "shape"]
+from bench.records import MODES, ROW_KEYS  # noqa: E402
+from parity.summary import summarise  # noqa: E402
 
 
 def load(run: Path):
     results = pd.read_csv(run / "results.csv")
     # Runs from before the plausibility checks have no such column; an empty cell reads back as NaN.
-    results["implausible"] = results.get("implausible", pd.Series("", index=results.index)).fillna("")
+    results["implausible"] = results.get("implausible", pd.Series("", index=results.index)).astype("string").fillna("")
     parity = pd.read_csv(run / "parity.csv") if (run / "parity.csv").exists() else None
     env = json.loads((run / "environment.json").read_text()) if (run / "environment.json").exists() else {}
     return results, parity, env

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from bench import instruments
 from impls import devices
 
 
@@ -51,32 +52,30 @@ def test_every_dtype_computes_on_cpu():
 def test_cpu_peak_memory_sees_each_region_even_when_memory_is_reused():
     device = torch.device("cpu")
     for _ in range(2):  # the second region reuses what the first freed
-        with devices.PeakMemory(device) as peak:
+        with instruments.PeakMemory(device) as peak:
             block = torch.ones(25_000_000)  # 100 MB
             del block
         assert 95e6 < peak.bytes < 140e6
-    with devices.PeakMemory(device) as small:
+    with instruments.PeakMemory(device) as small:
         torch.ones(1000)
     assert small.bytes < 5e6
 
 
 def test_settled_cpu_heap_sets_both_of_glibcs_warmed_up_thresholds(monkeypatch):
     calls = []
-    heap = devices._glibc_heap()
+    heap = instruments._glibc_heap()
     monkeypatch.setattr(heap, "_mallopt", lambda option, value: calls.append((option, value)))
-    devices.settle_heap(torch.device("cpu"))
+    instruments.settle_heap(torch.device("cpu"))
     # Setting the mmap threshold alone freezes the trim threshold at 128 KB;
     # glibc's own warm-up sets it to twice the mmap threshold.
     assert dict(calls) == {heap.M_TRIM_THRESHOLD: 64 * 2**20, heap.M_MMAP_THRESHOLD: 32 * 2**20}
     calls.clear()
-    devices.settle_heap(torch.device("meta"))
+    instruments.settle_heap(torch.device("meta"))
     assert calls == []
 
 
-def test_cpu_clock_measures_milliseconds():
+def test_cpu_timer_reads_seconds():
     import time
 
-    clock = devices.Clock(torch.device("cpu"))
-    clock.start()
-    time.sleep(0.02)
-    assert 15 < clock.stop() < 500
+    timer = instruments.synchronised_timer(torch.device("cpu"))
+    assert 15 < instruments.elapsed_ms(timer, lambda: time.sleep(0.02)) < 500

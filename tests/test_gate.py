@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import impls
-from impls import registry
-from parity import gate
+from impls import cli, devices, registry
+from parity import gate, runner
 from parity.regressions import REGRESSIONS
 from parity.thresholds import Bound, Thresholds
 
@@ -29,14 +29,14 @@ def test_gate_passes_writes_csv_and_markdown(tmp_path, capsys):
     assert rows["pass"].all() and (rows["max_abs_diff"] <= rows["bound"]).all() and (rows["bound"] <= rows["ceiling"]).all()
     # The baseline checked against itself: its errors are its bounds' measure, and k, m >= 1.
     assert (rows["max_abs_diff"] == rows["baseline_max_abs_diff"]).all()
-    assert set(rows.dropna(subset=["run_spread"])["problem"]) == {REGRESSIONS[gate.SPREAD_CASE].label()}
+    assert set(rows.dropna(subset=["run_spread"])["problem"]) == {REGRESSIONS[runner.SPREAD_CASE].label()}
     report = (tmp_path / "parity.md").read_text()
     assert "PASS" in report and report in capsys.readouterr().out
 
 
 def test_gate_sweep_is_seeded():
-    assert gate.sweep(5, seed=3) == gate.sweep(5, seed=3)
-    assert gate.sweep(5, seed=3) != gate.sweep(5, seed=4)
+    assert runner.sweep(5, seed=3) == runner.sweep(5, seed=3)
+    assert runner.sweep(5, seed=3) != runner.sweep(5, seed=4)
 
 
 def test_gate_fails_when_a_bound_is_exceeded(tmp_path):
@@ -56,7 +56,7 @@ def test_gate_fails_when_a_bound_is_exceeded(tmp_path):
     (["--device", "tpu"], "unknown device type 'tpu'"),
 ])
 def test_bad_usage_exits_2_with_a_sentence(argv, message, capsys):
-    if argv == ["--device", "npu"] and "no NPU" not in str(gate.devices.unavailable_reason("npu")):
+    if argv == ["--device", "npu"] and "no NPU" not in str(devices.unavailable_reason("npu")):
         pytest.skip("an NPU is present here")
     assert gate.main(argv + ["--examples", "0"]) == 2
     assert message in capsys.readouterr().err
@@ -100,8 +100,8 @@ def test_floors_cover_an_exact_baseline_and_the_ceiling_caps_everything():
 
 
 def test_run_to_run_spread_is_exactly_zero_for_cpu_kernel_and_shows_a_nondeterministic_port():
-    case = [REGRESSIONS[gate.SPREAD_CASE]]
-    exact = gate.run([impls.get("cpu_kernel")], list(gate.DTYPES.values()), case, torch.device("cpu"),
+    case = [REGRESSIONS[runner.SPREAD_CASE]]
+    exact = runner.run([impls.get("cpu_kernel")], list(cli.DTYPES.values()), case, torch.device("cpu"),
                      Thresholds.load(), progress=False, isolate=False)
     assert len(exact) == 4 * 4 and (exact["run_spread"] == 0).all()
 
@@ -112,7 +112,7 @@ def test_run_to_run_spread_is_exactly_zero_for_cpu_kernel_and_shows_a_nondetermi
 
     port = registry.register("jittery")(jittery)
     try:
-        spread = gate.run([port], [torch.float64], case, torch.device("cpu"), Thresholds.load(), progress=False,
+        spread = runner.run([port], [torch.float64], case, torch.device("cpu"), Thresholds.load(), progress=False,
                           isolate=False).set_index("quantity")["run_spread"]
     finally:
         registry.remove("jittery")
@@ -131,7 +131,7 @@ def test_a_kernel_on_the_default_stream_fails_the_side_stream_case():
 
     port = registry.register("default_stream")(default_stream)
     try:
-        rows = gate.run([port], [torch.float32], [REGRESSIONS[gate.STREAM_CASE]], torch.device("cuda"),
+        rows = runner.run([port], [torch.float32], [REGRESSIONS[runner.STREAM_CASE]], torch.device("cuda"),
                         Thresholds.load(), progress=False, isolate=False)
     finally:
         registry.remove("default_stream")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -15,8 +14,9 @@ import pytest
 import torch
 
 from bench import run as bench_run
+from bench import timing
 from impls import DCNv3Params, external, registry
-from parity import gate, isolate
+from parity import gate, isolate, runner
 from parity.problems import Problem
 from parity.thresholds import Thresholds
 
@@ -51,7 +51,7 @@ def test_a_port_that_takes_its_process_down_fails_that_case_and_the_gate_goes_on
 def test_after_crashes_allowed_the_rest_is_not_run(monkeypatch):
     monkeypatch.setattr(isolate, "CRASHES_ALLOWED", 1)
     [port] = external.load(["misbehaving_ports:segfaults"])
-    rows = gate.run([port], [torch.float32], CASES, torch.device("cpu"), Thresholds.load(), progress=False)
+    rows = runner.run([port], [torch.float32], CASES, torch.device("cpu"), Thresholds.load(), progress=False)
     errors = rows.groupby("case")["error"].first()
     assert errors[0] == "" and errors[1] == "crashed: SIGSEGV"
     assert errors[2] == "not run: segfaults crashed or hung 1 times (the last: crashed: SIGSEGV)"
@@ -60,8 +60,8 @@ def test_after_crashes_allowed_the_rest_is_not_run(monkeypatch):
 def test_an_implementation_registered_only_here_says_to_run_it_in_process():
     local = registry.register("registered_here")(registry.get("grid_sample").fn)
     try:
-        isolated = gate.run([local], [torch.float32], CASES[:1], torch.device("cpu"), Thresholds.load(), progress=False)
-        in_process = gate.run([local], [torch.float32], CASES[:1], torch.device("cpu"), Thresholds.load(),
+        isolated = runner.run([local], [torch.float32], CASES[:1], torch.device("cpu"), Thresholds.load(), progress=False)
+        in_process = runner.run([local], [torch.float32], CASES[:1], torch.device("cpu"), Thresholds.load(),
                               progress=False, isolate=False)
     finally:
         registry.remove("registered_here")
@@ -91,18 +91,15 @@ def test_a_port_that_crashes_while_timed_loses_its_own_rows_only(tmp_path, monke
     assert lost == "crashed: SIGSEGV while timing bench/test_bench.py::test_dcnv3[segfaults_when_timed-q20-G4D16-forward-float32]"
 
 
-# Stands in for the timing process: names its first --impl as bench/watchdog.py does, then hangs on "hangs".
-TIMING_STAND_IN = r"""
-import os, sys, time
-first = sys.argv[2]
-with open(os.environ["DCNV3_BENCH_PROGRESS"], "a") as progress:
-    progress.write(f"{first}\ttest[{first}]\n")
-if first == "hangs":
-    time.sleep(3600)
-"""
-
-
-def test_a_hang_while_timed_is_killed_and_the_rest_timed_without_it(tmp_path):
-    status, lost = bench_run.time_implementations([sys.executable, "-c", TIMING_STAND_IN], ["hangs", "fine"],
-                                                  tmp_path, timeout=1)
-    assert status == 0 and lost == {"hangs": "timed out after 1 s while timing test[hangs]"}
+def test_a_hang_while_timed_is_killed_and_named():
+    """The timing child says which case it is on before each one (isolate.heartbeat): a hang is the silence
+    after that, and the failure names the case."""
+    hangs = external.load(["misbehaving_ports:hangs_when_timed"])[0]
+    try:
+        settings = timing.TimingSettings(suite="quick", mode=("forward",), seconds=0.0, min_rounds=1)
+        [outcome] = isolate.isolated(timing.time_implementation, hangs, [settings], torch.device("cpu"), timeout=2)
+    finally:
+        registry.remove("hangs_when_timed")
+    assert outcome.value is None
+    assert outcome.error == ("timed out after 2 s while timing "
+                             "bench/test_bench.py::test_dcnv3[hangs_when_timed-q20-G4D16-forward-float32]")

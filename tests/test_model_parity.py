@@ -8,7 +8,7 @@ import pytest
 from impls import registry
 from impls.grid_sample import compute_dtype, dcnv3_grid_sample
 from parity import gate
-from test_published_defects import offset_pair_swapped
+from mutants import offset_pair_swapped
 
 
 def group_shifted(input, offset, mask, params):

@@ -16,9 +16,10 @@ import pytest
 import torch
 
 import impls
+from bench import instruments
 from impls import dcnv2_mapping, devices
 from impls.registry import Implementation
-from parity import compare, gate
+from parity import compare, gate, runner
 from parity.regressions import REGRESSIONS
 from parity.thresholds import Thresholds
 
@@ -105,7 +106,7 @@ def test_hf32_keeps_eleven_mantissa_bits_rounding_to_nearest_even():
 
 
 def test_the_gate_does_not_run_float64_where_the_device_casts_it_away():
-    usable, skipped = gate.usable_dtypes([torch.float64, torch.float32], NPU)
+    usable, skipped = runner.usable_dtypes([torch.float64, torch.float32], NPU)
     if devices.dtype_unavailable_reason(NPU, torch.float64) is None:
         pytest.skip("this NPU computes in float64")
     assert usable == [torch.float32]
@@ -139,7 +140,7 @@ def _npu_deform_conv_with_hf32_left_on() -> Implementation:
 def _gate_rows(implementation):
     # In this process: allow_hf32 is this process's setting, and the HF32 port is registered nowhere.
     cases = [REGRESSIONS["padding_order"], REGRESSIONS["declared_dtypes_nonsquare"]]
-    return gate.run([implementation], [torch.float32], cases, NPU, Thresholds.load(), isolate=False)
+    return runner.run([implementation], [torch.float32], cases, NPU, Thresholds.load(), isolate=False)
 
 
 def test_hf32_left_on_fails_the_float32_gate_and_npu_deform_conv_turns_it_off():
@@ -152,9 +153,9 @@ def test_hf32_left_on_fails_the_float32_gate_and_npu_deform_conv_turns_it_off():
 def test_the_gate_runs_a_case_with_its_inputs_written_on_a_side_stream():
     """What the emulation shows: the side-stream case runs and passes. What it cannot: a kernel that
     ignores the current stream, since the emulated device runs every operator in issue order."""
-    rows = gate.run([impls.get("grid_sample")], [torch.float32], list(REGRESSIONS.values()), NPU, Thresholds.load())
+    rows = runner.run([impls.get("grid_sample")], [torch.float32], list(REGRESSIONS.values()), NPU, Thresholds.load())
     on_side_stream = rows[rows["side_stream"]]
-    assert set(on_side_stream["case"]) == {list(REGRESSIONS).index(gate.STREAM_CASE)} and len(on_side_stream) == 4
+    assert set(on_side_stream["case"]) == {list(REGRESSIONS).index(runner.STREAM_CASE)} and len(on_side_stream) == 4
     assert rows["pass"].all()
 
 
@@ -256,17 +257,15 @@ def test_compiled_uses_the_vendors_backend_on_the_npu():
 
 
 def test_device_clock_and_peak_memory_on_the_npu():
-    clock = devices.Clock(NPU)
-    clock.start()
-    torch.ones(1000, device=NPU).sum()
-    assert clock.stop() > 0
-    with devices.PeakMemory(NPU) as peak:
+    timer = instruments.synchronised_timer(NPU)
+    assert instruments.elapsed_ms(timer, lambda: torch.ones(1000, device=NPU).sum()) > 0
+    with instruments.PeakMemory(NPU) as peak:
         block = torch.ones(2**20, device=NPU)
         del block
     assert peak.bytes >= 4 * 2**20
     assert devices.device_name(NPU).startswith("Ascend")
-    assert {"torch", "torch_npu", "cann"} <= set(devices.versions())
-    flush = devices.cache_flusher(NPU)
+    assert {"torch", "torch_npu", "cann"} <= set(instruments.versions())
+    flush = instruments.cache_flusher(NPU)
     flush()
 
 

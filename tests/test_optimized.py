@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import impls
-from impls import devices
 from impls import optimized as optimized_module
 from parity.compare import assert_matches_reference
 from parity.regressions import REGRESSIONS
@@ -23,7 +22,7 @@ from parity.regressions import REGRESSIONS
 @pytest.fixture
 def large_paths(monkeypatch):
     monkeypatch.setattr(optimized_module, "SMALL", 0)
-    monkeypatch.setattr(devices, "CPU_TEMPORARY_BUDGET", 1)
+    monkeypatch.setattr(optimized_module, "CPU_TEMPORARY_BUDGET", 1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

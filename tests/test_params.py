@@ -1,6 +1,11 @@
 import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from impls import DCNv3Params
+from impls.params import _accepted, _check_one_by_one
+from parity import strategies
 
 
 def make(**overrides):
@@ -76,3 +81,39 @@ def test_params_are_frozen_and_hashable():
     assert hash(params) == hash(make())
     with pytest.raises(AttributeError):
         params.group = 3
+
+
+@st.composite
+def operands(draw):
+    """Tensors shaped for drawn params, then sometimes one of them changed: a dimension off by one, another
+    dtype or rank, or an empty output (a window larger than the padded image)."""
+    p = draw(strategies.params())
+    batch, height, width = draw(st.integers(0, 2)), draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    out_h, out_w = ((height + 2 * p.pad_h - (p.dilation_h * (p.kernel_h - 1) + 1)) // p.stride_h + 1,
+                    (width + 2 * p.pad_w - (p.dilation_w * (p.kernel_w - 1) + 1)) // p.stride_w + 1)
+    shapes = {"input": [batch, height, width, p.channels],
+              "offset": [batch, out_h, out_w, p.group * p.points * 2],
+              "mask": [batch, out_h, out_w, p.group * p.points]}
+    dtypes = dict.fromkeys(shapes, draw(st.sampled_from([torch.float32, torch.float16, torch.float64])))
+    change = draw(st.sampled_from(["none", "dimension", "dtype", "rank"]))
+    name = draw(st.sampled_from(list(shapes)))
+    if change == "dimension":
+        shapes[name][draw(st.integers(0, 3))] += draw(st.sampled_from([-1, 1]))
+    elif change == "dtype":
+        dtypes[name] = torch.bfloat16
+    elif change == "rank":
+        shapes[name] = shapes[name][:3]
+    tensors = [torch.empty([max(size, 0) for size in shapes[n]], dtype=dtypes[n], device="meta") for n in shapes]
+    return (*tensors, p, draw(st.sampled_from([None, (torch.float32, torch.float64)])))
+
+
+@given(operands())
+def test_the_fast_and_the_thorough_checks_accept_the_same_inputs(case):
+    """validate's one-expression path accepts exactly what the named checks accept, with the same (Ho, Wo)."""
+    input, offset, mask, p, dtypes = case
+    fast = _accepted(input, offset, mask, p, dtypes)
+    try:
+        thorough = _check_one_by_one(input, offset, mask, p, dtypes, "")
+    except ValueError:
+        thorough = None
+    assert fast == thorough

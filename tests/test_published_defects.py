@@ -13,26 +13,11 @@ import torch
 import impls
 from impls import registry
 from impls.grid_sample import compute_dtype, dcnv3_grid_sample
-from parity import gate
+from mutants import float32_positions, offset_pair_swapped, published_padding
+from parity import gate, runner
 from parity.problems import Problem
 from parity.regressions import REGRESSIONS
 from parity.thresholds import Thresholds
-
-
-def published_padding(input, offset, mask, params):
-    """F.pad(input, [0, 0, pad_h, pad_h, pad_w, pad_w]): width padded by pad_h, height by pad_w."""
-    swapped = dataclasses.replace(params, pad_h=params.pad_w, pad_w=params.pad_h)
-    return dcnv3_grid_sample(input, offset, mask, swapped, compute_dtype(input.dtype))
-
-
-def float32_positions(input, offset, mask, params):
-    return dcnv3_grid_sample(input, offset, mask, params, torch.float32)
-
-
-def offset_pair_swapped(input, offset, mask, params):
-    """A port written from a "(dy, dx)" formula reads the pair the wrong way round."""
-    pairs = offset.reshape(*offset.shape[:3], offset.shape[3] // 2, 2).flip(-1)
-    return dcnv3_grid_sample(input, pairs.reshape(offset.shape), mask, params, compute_dtype(input.dtype))
 
 
 MUTANTS = {
@@ -58,7 +43,7 @@ def registered():
 
 
 def passes(impl, problem, dtype) -> bool:
-    rows = gate.run([impl], [dtype], [problem], torch.device("cpu"), THRESHOLDS, progress=False, isolate=False)
+    rows = runner.run([impl], [dtype], [problem], torch.device("cpu"), THRESHOLDS, progress=False, isolate=False)
     return bool(rows["pass"].all())
 
 
@@ -85,7 +70,7 @@ def test_gate_exits_nonzero_on_a_mutant(registered, tmp_path, capsys):
     assert (tmp_path / "parity.csv").read_text().count("False") > 0
     # Progress, as a CI log shows it: failing rows as they happen (at most ten), a line per implementation.
     failing = [line for line in captured.err.splitlines() if line.startswith("FAIL mutant_offset_pair_order float32")]
-    assert 1 <= len(failing) <= gate.Progress.SHOWN_FAILURES
+    assert 1 <= len(failing) <= runner.Progress.SHOWN_FAILURES
     assert "parity on cpu: mutant_offset_pair_order: 16 runs (cases x dtypes, and repeats) in " in captured.err
     assert "parity on cpu: grid_sample: 16 runs (cases x dtypes, and repeats) in " in captured.err and ", 0 failing rows" in captured.err
 
@@ -131,11 +116,11 @@ def test_the_gate_catches_kernels_that_cheat(fn, message, registered):
     same_shape = dataclasses.replace(REGRESSIONS["padding_order"], seed=11)
     one_by_one = Problem(batch=1, height=4, width=4, params=impls.DCNv3Params(1, 1, 1, 1, 0, 0, 1, 1, 1, 4),
                          offset_kind="inside", smooth=True, seed=3)
-    results = gate.run([cheat], [torch.float32], [REGRESSIONS["padding_order"], same_shape, one_by_one], torch.device("cpu"),
+    results = runner.run([cheat], [torch.float32], [REGRESSIONS["padding_order"], same_shape, one_by_one], torch.device("cpu"),
                        THRESHOLDS, progress=False, isolate=False)
     assert not results["pass"].all()
     assert results.loc[~results["pass"], "error"].str.contains(message).all()
-    honest = gate.run([impls.get("grid_sample")], [torch.float32], [REGRESSIONS["padding_order"], same_shape, one_by_one],
+    honest = runner.run([impls.get("grid_sample")], [torch.float32], [REGRESSIONS["padding_order"], same_shape, one_by_one],
                       torch.device("cpu"), THRESHOLDS, progress=False, isolate=False)
     assert honest["pass"].all()
 
@@ -149,7 +134,7 @@ def ten_times_the_baselines_error(input, offset, mask, params):
 
 def test_ten_times_the_baselines_error_fails_the_per_case_rule_though_under_the_static_ceiling(registered):
     mutant = registered("mutant_ten_times_the_baselines_error", ten_times_the_baselines_error)
-    rows = gate.run([mutant], [torch.float64, torch.float32], gate.sweep(12, seed=0), torch.device("cpu"),
+    rows = runner.run([mutant], [torch.float64, torch.float32], runner.sweep(12, seed=0), torch.device("cpu"),
                     THRESHOLDS, progress=False, isolate=False)
     erring = rows[rows["baseline_max_abs_diff"] > 0]
     # Tenfold, give or take the rounding of the mutant's own sum where the baseline is off by an ulp or two.

@@ -18,7 +18,7 @@ import torch
 
 import impls
 import impls.triton_kernel as triton_kernel
-from bench.shapes import dcnv3_3x3
+from bench.shapes import same_padding_params
 from parity.problems import Problem
 from parity.regressions import REGRESSIONS
 
@@ -66,7 +66,7 @@ def test_opcheck(name, dtype):
 def test_fewer_programs_than_tiles_walk_every_tile(monkeypatch):
     """triton-ascend starts one program per vector core, each striding over the tiles: same numbers."""
     # 19*23 pixels in blocks of 128, three groups: 12 tiles with a tail, walked by 3 programs.
-    problem = Problem(1, 19, 23, dcnv3_3x3(3, 5), offset_kind="inside", smooth=True, seed=3)
+    problem = Problem(1, 19, 23, same_padding_params(3, 5), offset_kind="inside", smooth=True, seed=3)
     input, offset, mask, grad_output = problem.tensors(torch.float32)
     leaves = [t.requires_grad_() for t in (input, offset, mask)]
 

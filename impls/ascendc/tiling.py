@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from impls.params import DCNv3Params
+from impls.reference import bilinear_corners
 
 # Ascend 910B3: 192 KB unified buffer per vector core, 40 vector cores (the plan CI tests;
 # on a device the loader passes the core count torch_npu reports).
@@ -154,27 +155,11 @@ def _position(params: DCNv3Params, ho: int, wo: int, point: int, dx, dy):
     centre = (params.kernel_w // 2) * params.kernel_h + params.kernel_h // 2
     position = point + int(params.remove_center and point >= centre)
     i, j = divmod(position, params.kernel_h)
-    cw = (params.dilation_w * (params.kernel_w - 1)) // 2
-    ch = (params.dilation_h * (params.kernel_h - 1)) // 2
+    ch, cw = params.window_centre
     scale = f(params.offset_scale)
     x = f(wo * params.stride_w - params.pad_w + cw) + f(i * params.dilation_w - cw) * scale + dx * scale
     y = f(ho * params.stride_h - params.pad_h + ch) + f(j * params.dilation_h - ch) * scale + dy * scale
     return f(y), f(x)
-
-
-def _corners(y, x, height: int, width: int):
-    """(row, col, weight, d weight/dy, d weight/dx) of the in-bounds corners; none outside the -1/H/W lines."""
-    if not (y > -1 and x > -1 and y < height and x < width):
-        return []
-    f = np.float32
-    y0, x0 = math.floor(y), math.floor(x)
-    ly, lx = f(y - f(y0)), f(x - f(x0))
-    hy, hx = f(1) - ly, f(1) - lx
-    candidates = (
-        (y0, x0, hy * hx, -hx, -hy), (y0, x0 + 1, hy * lx, -lx, hy),
-        (y0 + 1, x0, ly * hx, hx, -ly), (y0 + 1, x0 + 1, ly * lx, lx, ly),
-    )
-    return [c for c in candidates if 0 <= c[0] < height and 0 <= c[1] < width]
 
 
 def _tile_inputs(offset_gm, mask_gm, params, first, count, group):
@@ -202,7 +187,7 @@ def forward(input: np.ndarray, offset: np.ndarray, mask: np.ndarray, params: DCN
                 ho, wo = divmod(rest, out_w)
                 for p in range(params.points):
                     y, x = _position(params, ho, wo, p, offsets[k, 2 * p], offsets[k, 2 * p + 1])
-                    for row, col, weight, _, _ in _corners(y, x, height, width):
+                    for row, col, weight, _, _ in bilinear_corners(y, x, height, width, np.float32):
                         address = ((n * height + row) * width + col) * depth + group * runs
                         corner = input_gm.read(address, 1, runs, 0)[0]
                         accumulator[k] += np.float32(masks[k, p] * weight) * corner
@@ -236,7 +221,7 @@ def backward(input, offset, mask, grad_output, params: DCNv3Params, tiling: Plan
                     value = np.zeros(runs, dtype=np.float32)
                     d_dy = np.zeros(runs, dtype=np.float32)
                     d_dx = np.zeros(runs, dtype=np.float32)
-                    for row, col, weight, weight_dy, weight_dx in _corners(y, x, height, width):
+                    for row, col, weight, weight_dy, weight_dx in bilinear_corners(y, x, height, width, np.float32):
                         address = ((n * height + row) * width + col) * depth + group * runs
                         corner = input_gm.read(address, 1, runs, 0)[0]
                         value += weight * corner

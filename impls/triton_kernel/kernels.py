@@ -62,6 +62,7 @@ def _sampling_point(
     position = p
     if REMOVE_CENTER:
         position = tl.where(p >= (KERNEL_W // 2) * KERNEL_H + KERNEL_H // 2, p + 1, p)
+    # DCNv3Params.window_centre, from the constexprs the kernel is specialised on.
     cw = (DILATION_W * (KERNEL_W - 1)) // 2
     ch = (DILATION_H * (KERNEL_H - 1)) // 2
 

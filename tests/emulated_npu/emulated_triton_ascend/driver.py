@@ -40,4 +40,4 @@ class EmulatedAscendDriver(DriverBase):
         return 0
 
     def get_benchmarker(self):
-        raise NotImplementedError("the harness times with torch.npu.Event")
+        raise NotImplementedError("the harness times with torch.npu.synchronize and pytest-benchmark")

@@ -8,7 +8,6 @@ properties (910B3: 20 cube cores, 40 vector cores), and the HF32 switch for conv
 from __future__ import annotations
 
 import os
-import time
 import weakref
 from types import SimpleNamespace
 
@@ -62,10 +61,9 @@ def _index(device) -> int:
         return 0
     if isinstance(device, int):
         return device
-    index = getattr(device, "index", None)
-    if index is None and isinstance(device, str):
-        index = int(device.split(":")[1]) if ":" in device else 0
-    return index or 0
+    if isinstance(device, str):  # "npu", "npu:1": torch_npu takes names as torch.device does
+        return int(device.split(":")[1]) if ":" in device else 0
+    return device.index or 0
 
 
 def _check(device) -> int:
@@ -127,31 +125,6 @@ def stream(stream_ctx: Stream | None) -> StreamContext:
 
 def current_stream(device=None) -> Stream:
     return _current_streams[-1] if _current_streams else Stream(device)
-
-
-class Event:
-    """torch.npu.Event(enable_timing=True): record(), synchronize(), elapsed_time(end) in ms."""
-
-    def __init__(self, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False):
-        self._enable_timing = enable_timing
-        self._time = None
-
-    def record(self, stream=None) -> None:
-        self._time = time.perf_counter()
-
-    def synchronize(self) -> None:
-        if self._time is None:
-            raise RuntimeError("the event was never recorded")
-
-    def query(self) -> bool:
-        return self._time is not None
-
-    def elapsed_time(self, end: "Event") -> float:
-        if not (self._enable_timing and end._enable_timing):
-            raise RuntimeError("Both events must be created with argument 'enable_timing=True'.")
-        if self._time is None or end._time is None:
-            raise RuntimeError("Both events must be recorded before calculating elapsed time.")
-        return (end._time - self._time) * 1e3
 
 
 class _Memory:

@@ -1,0 +1,246 @@
+"""The parity sweep as a library: the cases (the regression problems, then drawn ones), which
+implementations and dtypes take part, and the rows of every implementation x case x dtype against the
+float64 reference, each implementation in a child process (parity/isolate.py). `python -m parity`
+(parity/gate.py) is its command line; `python -m bench` gates on it before timing."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import NamedTuple
+
+import pandas as pd
+import torch
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hypothesis_seed
+from tqdm import tqdm
+
+import impls
+from impls import devices
+from impls.cli import UsageError, dtype_name
+from parity.compare import differences, evaluate, evaluate_on_side_stream, expected, judge
+from parity.isolate import inline, isolated
+from parity.problems import Problem
+from parity.regressions import REGRESSIONS
+from parity.summary import ParityRow
+from parity.strategies import problems
+from parity.thresholds import Thresholds
+
+# Seconds a child may go without finishing a case: the first case of an implementation that compiles
+# includes compiling it (torch.compile's forward and backward: under a minute on 2 CPU cores).
+DEFAULT_TIMEOUT = 300.0
+# The regression problem whose sums collide most (many points on few pixels), run this many times per
+# implementation and dtype: the run-to-run spread of atomic-add kernels (exactly 0 expected elsewhere).
+SPREAD_CASE, SPREAD_RUNS = "colliding_input_gradient", 5
+# Run once more on CUDA and the NPU with its inputs written on a side stream (parity/compare.py).
+STREAM_CASE = "padding_order"
+
+
+def sweep(examples: int, seed: int) -> list[Problem]:
+    """The regression problems, then `examples` problems drawn by the parity strategies."""
+    drawn: list[Problem] = []
+
+    @settings(
+        max_examples=max(examples, 1),
+        database=None,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @hypothesis_seed(seed)
+    @given(problems())
+    def collect(problem):
+        drawn.append(problem)
+
+    if examples > 0:
+        collect()
+    return list(REGRESSIONS.values()) + drawn[:examples]
+
+
+def select_implementations(requested: list[str] | None, device: torch.device, skip_interpreted: bool = False):
+    """(implementations to check, {name: reason} of those skipped); skip_interpreted leaves interpreters
+    out unless requested (a whole model through Triton's CPU interpreter takes minutes)."""
+    known = impls.names()
+    names = requested or [n for n in known if n != "reference"]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"unknown implementation(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    if "reference" in names:
+        raise UsageError("reference is the ground truth; choose implementations to check against it")
+    chosen, skipped = [], {}
+    for name in names:
+        impl = impls.get(name)
+        reason = impl.unavailable_reason(device)
+        if reason is None and not requested and skip_interpreted and impl.interpreted():
+            reason = f"{name} runs in an interpreter here: name it with --impl to check it anyway"
+        if reason is None:
+            chosen.append(impl)
+        elif requested:
+            raise UsageError(f"--impl {name}: {reason}")
+        else:
+            skipped[name] = reason
+    return chosen, skipped
+
+
+def usable_dtypes(dtypes, device) -> tuple[list, dict[str, str]]:
+    """(the dtypes the device computes in, {dtype name: why not} for the others); UsageError if none is left."""
+    reasons = {dtype_name(d): devices.dtype_unavailable_reason(device, d) for d in dtypes}
+    usable = [d for d in dtypes if reasons[dtype_name(d)] is None]
+    if not usable:
+        raise UsageError(f"no dtype asked for computes on {device}: " + "; ".join(reasons.values()))
+    return usable, {name: reason for name, reason in reasons.items() if reason}
+
+
+class Progress:
+    """What a long gate run is doing, on stderr: per implementation a bar with its cases done of total,
+    elapsed time and an estimate on a terminal (tqdm), one line when it ends otherwise (CI logs); and
+    its first SHOWN_FAILURES failing rows as they happen (a broken kernel fails thousands)."""
+
+    SHOWN_FAILURES = 10
+
+    def __init__(self, device: torch.device, enabled: bool = True):
+        self.device, self.enabled, self.terminal = device, enabled, sys.stderr.isatty()
+
+    def start(self, name: str, total: int) -> None:
+        self.name, self.started, self.done, self.failures = name, time.perf_counter(), 0, 0
+        self.bar = tqdm(total=total, desc=f"parity on {self.device}: {name}", unit="run", file=sys.stderr,
+                        disable=not (self.enabled and self.terminal), dynamic_ncols=True)
+
+    def failed(self, row: ParityRow) -> None:
+        self.failures += 1
+        if self.enabled and self.failures == self.SHOWN_FAILURES + 1:
+            tqdm.write(f"FAIL {self.name}: further failing rows are in the report", file=sys.stderr)
+        if self.enabled and self.failures <= self.SHOWN_FAILURES:
+            v = row.verdict
+            why = row.error or (f"max {v.max_abs_diff:.2e} (bound {v.bound:.2e}, {v.rule}), "
+                                f"mean {v.mean_abs_diff:.2e} (bound {v.mean_bound:.2e})")
+            tqdm.write(f"FAIL {row.implementation} {row.dtype} {row.quantity} case {row.case} ({row.problem}): {why}",
+                       file=sys.stderr)
+
+    def advance(self) -> None:
+        self.done += 1
+        self.bar.update()
+
+    def finish(self) -> None:
+        self.bar.close()
+        if self.enabled and not self.terminal:
+            print(f"parity on {self.device}: {self.name}: {self.done} runs (cases x dtypes, and repeats) in "
+                  f"{time.perf_counter() - self.started:.1f} s, {self.failures} failing rows", file=sys.stderr)
+
+
+class Run(NamedTuple):
+    """One evaluation in an implementation's work: a case in a dtype; the spread case's repeats come
+    with repeat > 0, and on devices with streams STREAM_CASE once more on a side stream."""
+
+    index: int
+    problem: Problem
+    dtype: torch.dtype
+    repeat: int = 0
+    side_stream: bool = False
+
+
+def parity_task(impl, item: Run, device) -> dict:
+    """impl's quantities on one Run, as float64 arrays (they pickle by value)."""
+    evaluation = evaluate_on_side_stream if item.side_stream else evaluate
+    return {q: value.numpy() for q, value in evaluation(impl, item.problem, item.dtype, device).items()}
+
+
+def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled_examples: int | None = None,
+        progress: bool = True, isolate: bool = True, timeout: float = DEFAULT_TIMEOUT) -> pd.DataFrame:
+    """Rows for every implementation x case of `sweep()` x dtype it declares; implementations that
+    compile per shape or run in an interpreter take the regression problems (Problem.regression) and
+    the first `compiled_examples` drawn ones.
+
+    The baseline runs first, on every case and dtype another implementation needs: its errors are the
+    per-case bounds (parity/thresholds.py). Then one implementation at a time, each in a child process
+    unless isolate is False (parity/isolate.py); each case's reference is computed once for all.
+    SPREAD_CASE runs SPREAD_RUNS times: its rows' `run_spread` is the largest difference between runs
+    (atomic-add kernels differ run to run). On CUDA and the NPU, STREAM_CASE runs once more with its
+    inputs written on a side stream (rows with `side_stream` True)."""
+    spread_index, stream_index = (next((i for i, problem in enumerate(cases) if problem == REGRESSIONS[name]), None)
+                                  for name in (SPREAD_CASE, STREAM_CASE))
+    if not devices.has_streams(device):
+        stream_index = None
+
+    def work_of(impl, checked_one: bool) -> list[Run]:
+        # Compiling per shape and interpreting both cost seconds a case; an interpreter's run-to-run
+        # spread says nothing of the device it stands in for.
+        interpreted = impl.interpreted()
+        slow = impl.compiles_per_shape or interpreted
+        work, drawn = [], 0
+        for index, problem in enumerate(cases):
+            if slow and compiled_examples is not None and not problem.regression:
+                drawn += 1
+                if drawn > compiled_examples:
+                    continue
+            for dtype in filter(impl.supports, dtypes):
+                work.append(Run(index, problem, dtype))
+                if checked_one and index == spread_index and not interpreted:
+                    work += [Run(index, problem, dtype, repeat) for repeat in range(1, SPREAD_RUNS)]
+                if checked_one and index == stream_index:
+                    work.append(Run(index, problem, dtype, side_stream=True))
+        return work
+
+    base = impls.baseline()
+    checked = {impl.name for impl in implementations}
+    needed = {(run.index, run.dtype) for impl in implementations for run in work_of(impl, False)}
+    order = [base] + [impl for impl in implementations if impl.name != base.name]
+    truths: dict[tuple[int, torch.dtype], dict] = {}
+    yardsticks: dict[tuple[int, torch.dtype], dict | None] = {}
+    shown = Progress(device, progress)
+    rows = []
+    for impl in order:
+        work = work_of(impl, impl.name in checked)
+        if impl.name not in checked:
+            work = [run for run in work if (run.index, run.dtype) in needed]
+        shown.start(impl.name if impl.name in checked else f"{impl.name} (the baseline, for the bounds)", len(work))
+        outcomes = (isolated(parity_task, impl, work, device, timeout) if isolate
+                    else inline(parity_task, impl, work, device))
+        first_runs: dict[torch.dtype, tuple[dict | None, list[ParityRow]]] = {}
+        for outcome in outcomes:
+            index, problem, dtype, repeat, on_side_stream = outcome.item
+            actual = None if outcome.value is None else {q: torch.from_numpy(v) for q, v in outcome.value.items()}
+            shown.advance()
+            if repeat:
+                _record_spread(*first_runs[dtype], actual, outcome.error, shown)
+                continue
+            if (index, dtype) not in truths:
+                truths[index, dtype] = expected(problem, dtype)
+            truth = truths[index, dtype]
+            if impl is base and not on_side_stream:
+                yardsticks[index, dtype] = None if actual is None else {q: differences(actual[q], truth[q]) for q in truth}
+            if impl.name not in checked:
+                continue
+            judged = judge(impl.name, dtype, actual, truth, yardsticks.get((index, dtype)), thresholds)
+            case_rows = [
+                ParityRow(impl.name, device.type, dtype_name(dtype), quantity, index, on_side_stream, verdict,
+                          problem.label() + (" (side stream)" if on_side_stream else ""), outcome.error,
+                          problem.describe(), 0.0 if index == spread_index and not on_side_stream else math.nan)
+                for quantity, verdict in judged.items()
+            ]
+            rows += case_rows
+            if index == spread_index and not on_side_stream:
+                first_runs[dtype] = (actual, case_rows)
+            for row in case_rows:
+                if not row.passed:
+                    shown.failed(row)
+        shown.finish()
+    return pd.DataFrame([row.row() for row in rows])
+
+
+def _record_spread(first: dict | None, case_rows: list[ParityRow], again: dict | None, error: str, shown: Progress) -> None:
+    """Widen each row's run_spread by how far a repeated run came from the first; a repeat that fails fails the case."""
+    for row in case_rows:
+        if first is None:
+            row.run_spread = math.nan
+        elif again is None:
+            row.run_spread = math.nan
+            newly_failed = row.passed
+            row.fail(f"repeated run: {error}")
+            if newly_failed:
+                shown.failed(row)
+        else:
+            row.run_spread = max(row.run_spread, differences(again[row.quantity], first[row.quantity]).max_abs)
+
+
