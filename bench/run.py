@@ -11,9 +11,10 @@ measured in the same run. A `model-*` suite times whole backbones instead,
 adds each row's DCNv3 core share and writes DIR/profile.csv: where one
 profiled repetition's time went. `python -m reports DIR` turns that into a report.
 
-The timing is bench/timing.py's, the code `pytest bench` runs, called here with pytest-benchmark as its
-engine: each implementation in a child process (parity/isolate.py; a crash or hang costs that
-implementation's rows, not the run), or all in this process with --no-isolate.
+The timing is bench/timing.py's, the code `pytest bench` runs, called in this process with
+pytest-benchmark as its engine. The gate runs each implementation in a child process (parity/isolate.py);
+--isolate times each in one too (a port that crashes or hangs while timed then costs its own rows, not
+the run; tritonbench's --isolate), --no-isolate gates in this process as well.
 """
 
 from __future__ import annotations
@@ -55,8 +56,12 @@ def parse_args(argv):
     parser.add_argument("--out", type=Path, help="output folder (default reports/<device>-<timestamp>)")
     external.add_option(parser.add_argument, "gate and time")
     parser.add_argument("--parity-examples", type=int, default=30, help="drawn parity cases before timing (default 30)")
-    parser.add_argument("--no-isolate", dest="isolate", action="store_false",
-                        help="gate and time every implementation in this process (debugging: a crash then ends the run)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--isolate", dest="isolate", action="store_const", const="all", default="parity",
+                       help="time each implementation in a child process too, so that a port that crashes or hangs "
+                            "while timed costs its own rows (default: the gate isolates, the timing runs here)")
+    where.add_argument("--no-isolate", dest="isolate", action="store_const", const="none",
+                       help="gate every implementation in this process too (debugging: a crash then ends the run)")
     parser.add_argument("--timeout", type=float, default=runner.DEFAULT_TIMEOUT,
                         help=f"seconds one parity case or one timed case may take (default {runner.DEFAULT_TIMEOUT:g})")
     args = parser.parse_args(argv)
@@ -182,7 +187,8 @@ def main(argv=None) -> int:
     for warning in env["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
 
-    passing, failed = gate_implementations(chosen, dtypes, device, args.parity_examples, out, args.isolate, args.timeout)
+    passing, failed = gate_implementations(chosen, dtypes, device, args.parity_examples, out, args.isolate != "none",
+                                           args.timeout)
     for name, why in failed.items():
         print(f"not timed: {name} failed parity ({why})")
     env["not_timed"] = {**skipped, **{name: f"failed parity: {why}" for name, why in failed.items()}}
@@ -191,7 +197,7 @@ def main(argv=None) -> int:
         print("python -m bench: no implementation passed parity; nothing timed", file=sys.stderr)
         return 1
 
-    records, benchmark_json, lost = time_implementations(passing, settings, device, args.isolate, args.timeout)
+    records, benchmark_json, lost = time_implementations(passing, settings, device, args.isolate == "all", args.timeout)
     for name, why in lost.items():
         print(f"not timed: {name} {why}", file=sys.stderr)
     env["not_timed"].update(lost)

@@ -10,7 +10,9 @@ from the same table (OPTIONS) as `python -m bench`'s.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import tempfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -149,6 +151,17 @@ def pytest_arguments(settings: TimingSettings, record: Path) -> list[str]:
     ]
 
 
+@contextlib.contextmanager
+def _not_a_distributed_worker():
+    """pytest-benchmark switches itself off where PYTEST_XDIST_WORKER is set, as it is when python -m bench
+    runs inside a test spread by pytest-xdist: the timing is not one of that run's workers."""
+    inherited = {name: os.environ.pop(name) for name in list(os.environ) if name.startswith("PYTEST_XDIST")}
+    try:
+        yield
+    finally:
+        os.environ.update(inherited)
+
+
 @dataclass
 class Timed:
     """What timing one implementation gave: its records, pytest-benchmark's JSON record of them, and the
@@ -163,7 +176,7 @@ def time_implementation(impl: Implementation, settings: TimingSettings, device: 
     """Time impl on every case of the settings in this process, with pytest and pytest-benchmark.
     A parity.isolate task, with the settings as its one item."""
     request = TimingRequest(settings, str(device), [impl.name])
-    with tempfile.TemporaryDirectory(prefix="dcnv3-timing-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="dcnv3-timing-") as scratch, _not_a_distributed_worker():
         record = Path(scratch) / "benchmark.json"
         status = pytest.main(pytest_arguments(settings, record), plugins=[request])
         if status not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED, pytest.ExitCode.NO_TESTS_COLLECTED):

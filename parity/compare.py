@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import weakref
 from typing import NamedTuple
@@ -28,10 +29,14 @@ def _storage(tensor: torch.Tensor) -> int:
 
 
 def checked_call(impl: Implementation, leaves, params) -> torch.Tensor:
-    """impl's output, after checking that the call left its inputs as they were, that the output shares
-    no memory with them, and that it is not the very object the last call returned."""
+    """impl's output, after checking that it has the input's dtype, that the call left its inputs as they
+    were, that the output shares no memory with them, and that it is not the very object the last call
+    returned."""
     before = [t.detach().clone() for t in leaves]
     output = impl(*leaves, params)
+    if output.dtype != leaves[0].dtype:
+        # Published defect 3: a dtype list that is not true (the gate runs every declared dtype).
+        raise Cheat(f"contract: a {leaves[0].dtype} input gave a {output.dtype} output")
     for name, tensor, copy in zip(TENSORS, leaves, before):
         kept = (tensor.detach() == copy) | (tensor.detach().isnan() & copy.isnan())
         if not bool(kept.all()):
@@ -74,7 +79,14 @@ def evaluate_on_side_stream(impl: Implementation, problem: Problem, dtype: torch
 
 
 def expected(problem: Problem, dtype: torch.dtype, quantities=QUANTITIES) -> dict[str, torch.Tensor]:
-    """The reference on the same dtype-rounded inputs, computed and kept in float64."""
+    """The reference on the same dtype-rounded inputs, computed and kept in float64; once per problem,
+    dtype and quantities in a process (every implementation is checked on the same problems). The
+    tensors are shared: read them, do not write them."""
+    return _reference(problem, dtype, tuple(quantities))
+
+
+@functools.lru_cache(maxsize=1024)
+def _reference(problem: Problem, dtype: torch.dtype, quantities: tuple[str, ...]) -> dict[str, torch.Tensor]:
     tensors = [t.to(torch.float64) for t in problem.tensors(dtype, "cpu")]
     return _run(get("reference"), tensors[:3], tensors[3], problem, quantities)
 

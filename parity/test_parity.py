@@ -29,29 +29,29 @@ def check(impl, dtype, device, problem, quantities):
     assert_matches_reference(impl, problem, dtype, device, quantities, THRESHOLDS)
 
 
-def property_test(quantities, smooth: bool | None = None, examples: int | None = None):
-    """A hypothesis test of `quantities` on drawn problems (smooth ones for the offset gradient) and the
-    regression problems; `examples` caps the drawn ones."""
+def property_test(quantities, smooth: bool | None = None, examples: int | None = None, regressions: bool = True):
+    """A hypothesis test of `quantities` on drawn problems (smooth ones for the offset gradient), and the
+    regression problems unless regressions is False; `examples` caps the drawn ones."""
 
     @(fixture_ok if examples is None else settings(fixture_ok, max_examples=examples))
     @given(problem=problems(smooth=smooth))
-    @with_regressions(smooth_only=bool(smooth))
     def test(impl, dtype, device, problem):
         check(impl, dtype, device, problem, quantities)
 
-    return test
+    return with_regressions(test, smooth_only=bool(smooth)) if regressions else test
 
 
 # Interpreted kernels (Triton's CPU interpreter) take about a second per example: one test of every
 # quantity at once (each example's forward and backward computed once; the offset gradient on the smooth
-# problems), on a third of the profile's drawn examples, with every regression problem still.
+# problems), on a third of the profile's drawn examples. The regression problems are the gate's, which
+# runs them on every implementation and dtype (nox -s tests), interpreted ones included.
 INTERPRETED_EXAMPLES = max(settings.default.max_examples // 3, 1)
 FORWARD, GRADIENTS, OFFSET = ["output"], ["grad_input", "grad_mask"], ["grad_offset"]
 test_forward_matches_reference = pytest.mark.native(property_test(FORWARD))
 test_input_and_mask_gradients_match_reference = pytest.mark.native(property_test(GRADIENTS))
 test_offset_gradient_matches_reference = pytest.mark.native(property_test(OFFSET, smooth=True))
 test_interpreted_matches_reference = pytest.mark.interpreted(
-    property_test(FORWARD + GRADIENTS + OFFSET, examples=INTERPRETED_EXAMPLES))
+    property_test(FORWARD + GRADIENTS + OFFSET, examples=INTERPRETED_EXAMPLES, regressions=False))
 
 
 @pytest.mark.compiling

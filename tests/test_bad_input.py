@@ -8,7 +8,10 @@ import pytest
 import torch
 
 import impls
-from impls import DCNv3Params
+from impls import DCNv3Params, registry
+from parity import runner
+from parity.regressions import REGRESSIONS
+from parity.thresholds import Thresholds
 
 PARAMS = DCNv3Params(3, 3, 1, 1, 1, 1, 1, 1, group=2, group_channels=3)
 
@@ -72,14 +75,21 @@ def test_dcnv3_rejects_bad_input(case):
         impls.dcnv3(*tensors, *dataclasses.astuple(params)[:11], 64, params.remove_center)
 
 
-@pytest.mark.parametrize("name", impls.names())
-def test_declared_dtypes_are_the_computed_ones(name):
-    """Published defect 3: a kernel's dtype list must be true. Declared ones run and keep their dtype."""
-    impl = impls.get(name)
-    if not impl.available("cpu"):
-        pytest.skip(impl.unavailable_reason("cpu"))
-    for dtype in impl.dtypes:
-        assert impl(*good(dtype=dtype), PARAMS).dtype == dtype
+def test_a_declared_dtype_that_is_not_the_computed_one_fails_the_gate():
+    """Published defect 3: a kernel's dtype list must be true. The gate runs every declared dtype of every
+    implementation and fails an output of another dtype than the input's (parity/compare.checked_call)."""
+    def computes_in_float32(input, offset, mask, params):
+        return impls.get("grid_sample")(input.float(), offset.float(), mask.float(), params)
+
+    port = registry.register("computes_in_float32")(computes_in_float32)
+    try:
+        rows = runner.run([port], [torch.float32, torch.float16], [REGRESSIONS["padding_order"]], torch.device("cpu"),
+                          Thresholds.load(), progress=False, isolate=False)
+    finally:
+        registry.remove("computes_in_float32")
+    by_dtype = rows.groupby("dtype")["pass"].all()
+    assert by_dtype["float32"] and not by_dtype["float16"]
+    assert rows.loc[rows["dtype"] == "float16", "error"].str.contains("a torch.float16 input gave a torch.float32 output").all()
 
 
 def test_non_finite_values_propagate_rather_than_raise():

@@ -73,7 +73,7 @@ def test_no_isolate_runs_in_this_process(monkeypatch):
     def no_children(*args, **kwargs):
         raise AssertionError("--no-isolate started a child process")
 
-    monkeypatch.setattr(gate, "isolated", no_children)
+    monkeypatch.setattr(runner, "isolated", no_children)
     assert gate.main(["--device", "cpu", "--impl", "grid_sample", "--dtype", "float32", "--examples", "0",
                       "--no-isolate"]) == 0
 
@@ -82,7 +82,8 @@ def test_a_port_that_crashes_while_timed_loses_its_own_rows_only(tmp_path, monke
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     status = bench_run.main(["--device", "cpu", "--suite", "quick", "--mode", "forward", "--seconds", "0.02",
                              "--min-rounds", "2", "--parity-examples", "0", "--out", str(tmp_path),
-                             "--impl-module", "misbehaving_ports:segfaults_when_timed", "--impl", "segfaults_when_timed"])
+                             "--impl-module", "misbehaving_ports:segfaults_when_timed", "--impl", "segfaults_when_timed",
+                             "--isolate"])
     assert status == 1
     timed = pd.read_csv(tmp_path / "results.csv")
     assert set(timed["implementation"]) == {"grid_sample"} and len(timed) == 3

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from bench import preflight
+from bench import instruments, preflight
 from impls import devices
 
 
@@ -18,10 +19,14 @@ def test_an_absent_npu_stops_with_one_sentence(capsys):
 
 def test_a_present_device_reports_versions_warnings_and_implementations(capsys, monkeypatch):
     monkeypatch.setenv("ASCEND_LAUNCH_BLOCKING", "1")
+    monkeypatch.setenv("CUDA_LAUNCH_BLOCKING", "1")
     assert preflight.main(["--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "versions: torch " in out
-    assert "warning: ASCEND_LAUNCH_BLOCKING=1 serialises operator launches" in out
+    # Each device type's own variable only: neither serialises anything on a CPU.
+    assert "warning:" not in out
+    assert instruments.timing_warnings(torch.device("cuda")) == [
+        "CUDA_LAUNCH_BLOCKING=1 serialises cuda operator launches and distorts timings"]
     assert "  grid_sample: runs" in out
     assert "  npu_deform_conv: npu_deform_conv does not run on cpu" in out
 
