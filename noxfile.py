@@ -35,6 +35,8 @@ EMULATED_NPU = ROOT / "tests" / "emulated_npu"
 HAS_TRITON = "import importlib.util as u; print(u.find_spec('triton') is not None)"
 BEST_DEVICE = "from impls.devices import best_device_type as b; print(b())"
 GATE_EXAMPLES = "20"
+# The CPU gate's children at once: one per core (compiling per shape, `compiled` is most of its time).
+CPU_WORKERS = str(os.cpu_count() or 1)
 # The bounds were fitted on seeds 1 and 2 (parity/thresholds.toml); the thorough gate checks them on another.
 THOROUGH_EXAMPLES, THOROUGH_SEED = "2000", "3"
 # The emulated NPU's runs: small, since they prove the NPU code paths run, not the numbers again.
@@ -96,7 +98,8 @@ def tests(session: nox.Session) -> None:
     interpreter = {"TRITON_INTERPRET": "1"}
     # The gate as CI runs it: every regression problem and GATE_EXAMPLES drawn ones (the
     # property tests draw their own); `nox -s parity` runs the default 200.
-    python(session, "-m", "parity", "--device", "cpu", "--examples", GATE_EXAMPLES, env=interpreter)
+    python(session, "-m", "parity", "--device", "cpu", "--examples", GATE_EXAMPLES, "--workers", CPU_WORKERS,
+           env=interpreter)
     python(session, "-m", "parity", "--device", "cpu", *MODEL_GATE, env=interpreter)
     python(session, "-m", "pytest", "-n", "2", *session.posargs, env=interpreter)
 
@@ -163,9 +166,10 @@ def parity_thorough(session: nox.Session) -> None:
     (parity/thresholds.toml), into reports/parity-thorough-<timestamp>/, then the property tests with the
     `thorough` hypothesis profile (600 examples each). Options after `--` go to pytest."""
     install_needs(session)
+    best = python(session, "-c", BEST_DEVICE, silent=True).strip()
     out = f"reports/parity-thorough-{time.strftime('%Y%m%d-%H%M%S')}"
     python(session, "-m", "parity", "--examples", THOROUGH_EXAMPLES, "--seed", THOROUGH_SEED,
-           "--compiled-examples", "10", "--out", out)
+           "--compiled-examples", "10", "--workers", CPU_WORKERS if best == "cpu" else "1", "--out", out)
     python(session, "-m", "pytest", "parity", *session.posargs, env={"HYPOTHESIS_PROFILE": "thorough"})
 
 

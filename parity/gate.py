@@ -50,6 +50,9 @@ def parse_args(argv):
     parser.add_argument("--thresholds", type=Path, default=DEFAULT_PATH, help="thresholds TOML (default parity/thresholds.toml)")
     parser.add_argument("--no-isolate", dest="isolate", action="store_false",
                         help="run every implementation in this process (debugging: a crash then ends the run)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="child processes at once, the cases dealt out among them (default 1; on a CPU at most "
+                             "its cores: each child takes its share of torch's threads)")
     parser.add_argument("--timeout", type=float, default=runner.DEFAULT_TIMEOUT,
                         help=f"seconds an isolated implementation may spend on one case (default {runner.DEFAULT_TIMEOUT:g})")
     model = parser.add_argument_group("model-level parity (parity/model.py)")
@@ -62,6 +65,8 @@ def parse_args(argv):
         parser.error("--examples must be >= 0")
     if not args.timeout > 0:
         parser.error("--timeout must be > 0")
+    if args.workers < 1 or (args.workers > 1 and not args.isolate):
+        parser.error("--workers must be >= 1, and more than 1 needs the children that --no-isolate turns off")
     if args.model is not None:
         try:
             args.model = internimage.named(args.model.removeprefix("internimage-"))
@@ -95,7 +100,7 @@ def main(argv=None) -> int:
     cases = runner.sweep(args.examples, args.seed)
     started = time.perf_counter()
     results = runner.run(implementations, dtypes, cases, device, thresholds, compiled_examples=args.compiled_examples,
-                  isolate=args.isolate, timeout=args.timeout)
+                  isolate=args.isolate, timeout=args.timeout, workers=args.workers)
     if results.empty:
         print(f"python -m parity: none of {', '.join(i.name for i in implementations)} supports "
               f"{', '.join(dtype_name(d) for d in dtypes)}", file=sys.stderr)

@@ -17,6 +17,7 @@ CRASHES_ALLOWED times.
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib
 import multiprocessing
 import multiprocessing.connection
@@ -66,8 +67,27 @@ def inline(task: Task, impl: Implementation, work: list, device: torch.device) -
             yield Outcome(item, None, devices.describe(exception))
 
 
-def isolated(task: Task, impl: Implementation, work: list, device: torch.device, timeout: float) -> Iterator[Outcome]:
-    """The work in child processes: as `inline`, and a crash or a hang fails the item it was on."""
+def isolated_in_parallel(task: Task, impl: Implementation, work: list, device: torch.device, timeout: float,
+                         workers: int, lane: Callable[[Any], int]) -> Iterator[Outcome]:
+    """As `isolated`, over `workers` children at once, each with its share of the CPU's threads: an item
+    goes to lane(item) % workers (items of one lane run in one child, in order), and the outcomes come in
+    the work's order, once every child is done."""
+    if workers <= 1:
+        yield from isolated(task, impl, work, device, timeout)
+        return
+    lanes = [[item for item in work if lane(item) % workers == n] for n in range(workers)]
+    threads = max(1, torch.get_num_threads() // workers)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        done = [pool.submit(list, isolated(task, impl, items, device, timeout, threads)) for items in lanes if items]
+        outcomes = [outcome for future in done for outcome in future.result()]
+    position = {id(item): index for index, item in enumerate(work)}
+    yield from sorted(outcomes, key=lambda outcome: position[id(outcome.item)])
+
+
+def isolated(task: Task, impl: Implementation, work: list, device: torch.device, timeout: float,
+             threads: int | None = None) -> Iterator[Outcome]:
+    """The work in child processes: as `inline`, and a crash or a hang fails the item it was on. `threads`
+    sets the child's torch CPU threads (default: torch's own choice)."""
     if not impl.origin and impl.name in impls.names() and impls.get(impl.name) is not impl:
         # A child would rebuild the registered one of that name, a different implementation.
         reason = (f"{impl.name} cannot run in a child process: it is not the implementation registered under that "
@@ -79,7 +99,8 @@ def isolated(task: Task, impl: Implementation, work: list, device: torch.device,
     remaining, crashes = list(work), 0
     while remaining:
         receiving, sending = context.Pipe(duplex=False)
-        child = context.Process(target=_serve, args=(sending, sys.path, task, impl.name, impl.origin, device, remaining),
+        child = context.Process(target=_serve, args=(sending, sys.path, task, impl.name, impl.origin, device, remaining,
+                                                     threads),
                                 name=f"parity-{impl.name}", daemon=True)
         child.start()
         sending.close()
@@ -146,8 +167,11 @@ def _death(child) -> str:
     return f"exited with status {code}"
 
 
-def _serve(sending, path: list[str], task: Task, name: str, origin: str, device: torch.device, work: list) -> None:
+def _serve(sending, path: list[str], task: Task, name: str, origin: str, device: torch.device, work: list,
+           threads: int | None) -> None:
     global _beat
+    if threads:
+        torch.set_num_threads(threads)
     # The forkserver holds the sys.path of when it started; an --impl-module may need what came later.
     sys.path[:] = path
 

@@ -20,7 +20,7 @@ import impls
 from impls import devices
 from impls.cli import UsageError, dtype_name
 from parity.compare import differences, evaluate, evaluate_on_side_stream, expected, judge
-from parity.isolate import inline, isolated
+from parity.isolate import inline, isolated_in_parallel
 from parity.problems import Problem
 from parity.regressions import REGRESSIONS
 from parity.summary import ParityRow
@@ -147,14 +147,15 @@ def parity_task(impl, item: Run, device) -> dict:
 
 
 def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled_examples: int | None = None,
-        progress: bool = True, isolate: bool = True, timeout: float = DEFAULT_TIMEOUT) -> pd.DataFrame:
+        progress: bool = True, isolate: bool = True, timeout: float = DEFAULT_TIMEOUT, workers: int = 1) -> pd.DataFrame:
     """Rows for every implementation x case of `sweep()` x dtype it declares; implementations that
     compile per shape or run in an interpreter take the regression problems (Problem.regression) and
     the first `compiled_examples` drawn ones.
 
     The baseline runs first, on every case and dtype another implementation needs: its errors are the
     per-case bounds (parity/thresholds.py). Then one implementation at a time, each in a child process
-    unless isolate is False (parity/isolate.py); each case's reference is computed once for all.
+    unless isolate is False (parity/isolate.py), or in `workers` children at once, the cases dealt out
+    among them (the rows are the same, in the same order); each case's reference is computed once for all.
     SPREAD_CASE runs SPREAD_RUNS times: its rows' `run_spread` is the largest difference between runs
     (atomic-add kernels differ run to run). On CUDA and the NPU, STREAM_CASE runs once more with its
     inputs written on a side stream (rows with `side_stream` True)."""
@@ -195,8 +196,8 @@ def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled
         if impl.name not in checked:
             work = [run for run in work if (run.index, run.dtype) in needed]
         shown.start(impl.name if impl.name in checked else f"{impl.name} (the baseline, for the bounds)", len(work))
-        outcomes = (isolated(parity_task, impl, work, device, timeout) if isolate
-                    else inline(parity_task, impl, work, device))
+        outcomes = (isolated_in_parallel(parity_task, impl, work, device, timeout, workers, lane=lambda run: run.index)
+                    if isolate else inline(parity_task, impl, work, device))
         first_runs: dict[torch.dtype, tuple[dict | None, list[ParityRow]]] = {}
         for outcome in outcomes:
             index, problem, dtype, repeat, on_side_stream = outcome.item
