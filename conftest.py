@@ -99,7 +99,10 @@ def timing_request_of(config) -> timing.TimingRequest:
     if handed:
         return handed[0]
     if _TIMING_REQUEST not in config.stash:
-        settings = timing.settings_from(lambda name: config.getoption(f"--bench-{name.replace('_', '-')}"))
+        try:
+            settings = timing.settings_from(lambda name: config.getoption(f"--bench-{name.replace('_', '-')}"))
+        except ValueError as error:
+            raise pytest.UsageError(f"--bench-{error}") from None
         config.stash[_TIMING_REQUEST] = timing.TimingRequest(settings, config.getoption("--device"),
                                                               selected_implementations(config))
     return config.stash[_TIMING_REQUEST]

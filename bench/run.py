@@ -67,7 +67,10 @@ def parse_args(argv):
     parser.add_argument("--timeout", type=float, default=runner.DEFAULT_TIMEOUT,
                         help=f"seconds one parity case or one timed case may take (default {runner.DEFAULT_TIMEOUT:g})")
     args = parser.parse_args(argv)
-    args.settings = timing.settings_from(lambda name: getattr(args, name))
+    try:
+        args.settings = timing.settings_from(lambda name: getattr(args, name))
+    except ValueError as error:
+        parser.error(f"--{error}")
     return args
 
 

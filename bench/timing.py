@@ -51,6 +51,13 @@ class TimingSettings:
     max_rounds: int = field(default=200, metadata=dict(help="most timed rounds per case (default 200)"))
     threads: int = field(default=0, metadata=dict(help="torch CPU threads for the timing (default: torch's choice)"))
 
+    def __post_init__(self):
+        for name, bad in (("seconds", self.seconds < 0), ("min_rounds", self.min_rounds < 1),
+                          ("max_rounds", self.max_rounds < self.min_rounds), ("threads", self.threads < 0)):
+            if bad:
+                floor = {"seconds": "0", "min_rounds": "1", "max_rounds": "min_rounds", "threads": "0"}[name]
+                raise ValueError(f"{name.replace('_', '-')} must be >= {floor}, got {getattr(self, name)}")
+
     @property
     def modes(self) -> tuple[str, ...]:
         return self.mode or (MODEL_MODES if is_model_suite(self.suite) else MODES)

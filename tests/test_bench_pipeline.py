@@ -270,3 +270,14 @@ def test_reports_read_a_run_without_torch():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=Path(__file__).parent.parent).stdout.strip()
     assert loaded == "[]"
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--seconds", "-1", "--seconds must be >= 0, got -1.0"),
+    ("--min-rounds", "0", "--min-rounds must be >= 1, got 0"),
+    ("--max-rounds", "2", "--max-rounds must be >= min_rounds, got 2"),
+])
+def test_bad_timing_options_exit_2_naming_the_option(option, value, message, capsys):
+    with pytest.raises(SystemExit) as exited:
+        bench_main(["--device", "cpu", option, value])
+    assert exited.value.code == 2 and message in capsys.readouterr().err
