@@ -61,6 +61,6 @@ class TimedCase:
     def profile_rows(self) -> list[dict]:
         """profile.csv: one row per time family of the profiled repetition (ms, share of it)."""
         total = sum(self.profile_ms.values())
-        keys = {key: getattr(self, key) for key in ["implementation", *CASE_KEYS]}
+        keys = {key: getattr(self, key) for key in ROW_KEYS}
         return [{**keys, "clock": self.profile_clock, "part": part, "ms": ms, "share": ms / total}
                 for part, ms in self.profile_ms.items()]

@@ -52,10 +52,9 @@ class TimingSettings:
     threads: int = field(default=0, metadata=dict(help="torch CPU threads for the timing (default: torch's choice)"))
 
     def __post_init__(self):
-        for name, bad in (("seconds", self.seconds < 0), ("min_rounds", self.min_rounds < 1),
-                          ("max_rounds", self.max_rounds < self.min_rounds), ("threads", self.threads < 0)):
-            if bad:
-                floor = {"seconds": "0", "min_rounds": "1", "max_rounds": "min_rounds", "threads": "0"}[name]
+        for name, floor, least in (("seconds", "0", 0), ("min_rounds", "1", 1),
+                                   ("max_rounds", "min_rounds", self.min_rounds), ("threads", "0", 0)):
+            if getattr(self, name) < least:
                 raise ValueError(f"{name.replace('_', '-')} must be >= {floor}, got {getattr(self, name)}")
 
     @property
