@@ -44,7 +44,7 @@ THOROUGH_EXAMPLES, THOROUGH_SEED = "2000", "3"
 # The emulated NPU's runs: small, since they prove the NPU code paths run, not the numbers again.
 # (The Triton kernel's parity on the npu is in tests/test_npu_emulated.py: interpreted under
 # coverage it costs minutes per sweep.)
-EMULATED_GATE = ["--impl", "grid_sample", "optimized", "npu_deform_conv", "DCNv3Function",
+EMULATED_GATE = ["--impl", "grid_sample", "optimized", "npu_deform_conv", "ascendc", "DCNv3Function",
                  "--impl-module", "stand_in_port:DCNv3Function", "--examples", "4"]
 EMULATED_BENCH = ["--suite", "quick", "--impl", "grid_sample", "optimized", "npu_deform_conv",
                   "--seconds", "0.02", "--parity-examples", "4"]
@@ -117,13 +117,18 @@ def _venv_seeing(packages_of: str, where: Path) -> Path:
 @nox.session(name="npu-emulated", venv_backend="none")
 def npu_emulated(session: nox.Session) -> None:
     """Every NPU line of the harness, run on the emulated NPU (tests/emulated_npu): the NPU tests, the
-    gate, preflight, the benchmark and its report, then `nox -s bench-npu` itself from a fresh venv, with
-    and without the emulation; then line coverage of the NPU branches, which must be complete."""
+    gate (the Ascend C kernel's .asc among its implementations, built against the emulated Ascend C API
+    in tests/emulated_ascendc), preflight, the benchmark and its report, then `nox -s bench-npu` itself
+    from a fresh venv, with and without the emulation; then line coverage of the NPU branches, which must
+    be complete."""
     install_needs(session, "coverage>=7.10")
     install_triton_unless_present(session)
     work = Path(tempfile.mkdtemp(prefix="npu-emulated-"))
     paths = os.pathsep.join([str(EMULATED_NPU), str(ROOT / "tests")])
-    emulated = {"PYTHONPATH": paths, "TRITON_INTERPRET": "1", "COVERAGE_RCFILE": str(ROOT / "pyproject.toml")}
+    library = python(session, "-m", "emulated_ascendc", "build-library", env={"PYTHONPATH": str(ROOT / "tests")},
+                     silent=True).strip().splitlines()[-1]
+    emulated = {"PYTHONPATH": paths, "TRITON_INTERPRET": "1", "COVERAGE_RCFILE": str(ROOT / "pyproject.toml"),
+                "DCNV3_ASCENDC_LIBRARY": library}
     measured = [PYTHON, "-m", "coverage", "run", "-m"]
     python(session, "-m", "coverage", "erase", env=emulated)
     session.run(*measured, "pytest", "-p", "no:cacheprovider", "tests/test_npu_emulated.py",

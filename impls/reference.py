@@ -27,17 +27,16 @@ def _sampling_position(params: DCNv3Params, ho: int, wo: int, displacement: tupl
     return y, x
 
 
-def bilinear_corners(y: float, x: float, height: int, width: int, real=float):
-    """The in-bounds bilinear corners of (y, x): (row, col, weight, d_weight/dy, d_weight/dx), computed in
-    `real` (Python's float64 here; numpy.float32 where impls/ascendc/tiling.py follows its kernel).
+def bilinear_corners(y: float, x: float, height: int, width: int):
+    """The in-bounds bilinear corners of (y, x): (row, col, weight, d_weight/dy, d_weight/dx), in float64.
 
     Empty when the point lies on or beyond the -1 / H / W border lines.
     """
     if not (y > -1 and x > -1 and y < height and x < width):
         return []
     y0, x0 = math.floor(y), math.floor(x)
-    ly, lx = real(y - real(y0)), real(x - real(x0))
-    hy, hx = real(1) - ly, real(1) - lx
+    ly, lx = y - y0, x - x0
+    hy, hx = 1 - ly, 1 - lx
     candidates = (
         (y0, x0, hy * hx, -hx, -hy),
         (y0, x0 + 1, hy * lx, -lx, hy),

@@ -246,6 +246,39 @@ def test_the_ascendc_plan_uses_the_devices_vector_cores(monkeypatch):
     assert ascendc._plan(offset, scalars, backward=True).blocks == ascendc.tiling.VECTOR_CORES
 
 
+def _ascendc():
+    """The Ascend C implementation where its library is built: nox -s npu-emulated builds the kernel's
+    .asc against the emulated Ascend C API (tests/emulated_ascendc) and points DCNV3_ASCENDC_LIBRARY at it."""
+    ascendc = impls.get("ascendc")
+    reason = ascendc.unavailable_reason(NPU)
+    if reason is not None:
+        pytest.skip(reason)
+    return ascendc
+
+
+def test_the_ascendc_kernel_returns_an_empty_batch_without_launching():
+    ascendc = _ascendc()
+    params = impls.DCNv3Params(3, 3, 1, 1, 1, 1, 1, 1, group=2, group_channels=8)
+    input = torch.zeros(0, 5, 5, 16, device=NPU, requires_grad=True)
+    offset = torch.zeros(0, 5, 5, 2 * 2 * 9, device=NPU, requires_grad=True)
+    mask = torch.zeros(0, 5, 5, 2 * 9, device=NPU, requires_grad=True)
+    output = ascendc(input, offset, mask, params)
+    assert output.shape == (0, 5, 5, 16) and output.device.type == "npu"
+    output.sum().backward()
+    assert input.grad.shape == input.shape and offset.grad.shape == offset.shape
+
+
+@pytest.mark.parametrize("block_pixels, blocks, message", [(0, 1, "block_pixels=0 must lie in"),
+                                                            (1, 0, "blocks=0 must lie in"),
+                                                            (5, 65536, "blocks=65536 must lie in")])
+def test_the_ascendc_host_code_refuses_a_bad_tiling(block_pixels, blocks, message):
+    _ascendc()
+    params = impls.DCNv3Params(3, 3, 1, 1, 1, 1, 1, 1, group=2, group_channels=8)
+    input, offset, mask = (torch.zeros(1, 5, 5, n, device=NPU) for n in (16, 2 * 2 * 9, 2 * 9))
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.dcnv3_ascendc.forward(input, offset, mask, *params.scalars(), block_pixels, blocks)
+
+
 def test_compiled_uses_the_vendors_backend_on_the_npu():
     reason = devices.compile_unavailable_reason("npu")
     if reason is not None:

@@ -105,8 +105,11 @@ def _double_to_float(func, kwargs) -> dict:
 
 
 def _run(func, args, kwargs):
-    """Any operator: custom ones run their own kernels; aten ones run on the CPU data and are wrapped."""
-    if func.namespace not in ("aten", "prim", "prims"):
+    """Any operator: custom ones with a kernel for every device run it; aten ones, and custom ones with
+    device kernels (the emulated Ascend C library's, registered for the CPU), run on the CPU data and
+    are wrapped."""
+    if func.namespace not in ("aten", "prim", "prims") and torch._C._dispatch_has_kernel_for_dispatch_key(
+            func.name(), "CompositeExplicitAutograd"):
         # A torch.library operator's own kernel, called with the npu tensors as they are.
         return func._op_dk(torch._C.DispatchKey.CompositeExplicitAutograd, *args, **kwargs)
     _check_devices(func, args, kwargs)
