@@ -4,7 +4,9 @@ The library is `$DCNV3_ASCENDC_LIBRARY`, else impls/ascendc/build/libdcnv3_ascen
 Loading it registers `torch.ops.dcnv3_ascendc.forward` / `backward` for the NPU
 (PrivateUse1); autograd and fake kernels are registered here. The tiling the
 kernel runs with is tiling.plan()'s, computed here and passed in, so the tiling
-CI tests is the one the device uses. Never compiled or run by this project.
+CI tests is the one the device uses. In CI the library is the kernel's source
+built on an emulated Ascend C API (tests/emulated_ascendc) and loaded on the
+emulated NPU; it has never been compiled by CANN or run on an NPU.
 """
 
 from __future__ import annotations
