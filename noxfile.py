@@ -35,9 +35,7 @@ EMULATED_NPU = ROOT / "tests" / "emulated_npu"
 HAS_TRITON = "import importlib.util as u; print(u.find_spec('triton') is not None)"
 BEST_DEVICE = "from impls.devices import best_device_type as b; print(b())"
 GATE_EXAMPLES = "20"
-# The thorough CPU gate's children at once: one per core, each on its share of torch's threads. (Not in
-# nox -s tests: inductor bakes the thread count into its kernels, and one-thread graphs would be compiled
-# again by the test suite, which runs on all of them.)
+# The CPU gates' children at once: one per core (compiling a graph is mostly one thread's work).
 CPU_WORKERS = str(os.cpu_count() or 1)
 # The bounds were fitted on seeds 1 and 2 (parity/thresholds.toml); the thorough gate checks them on another.
 THOROUGH_EXAMPLES, THOROUGH_SEED = "2000", "3"
@@ -100,7 +98,8 @@ def tests(session: nox.Session) -> None:
     interpreter = {"TRITON_INTERPRET": "1"}
     # The gate as CI runs it: every regression problem and GATE_EXAMPLES drawn ones (the
     # property tests draw their own); `nox -s parity` runs the default 200.
-    python(session, "-m", "parity", "--device", "cpu", "--examples", GATE_EXAMPLES, env=interpreter)
+    python(session, "-m", "parity", "--device", "cpu", "--examples", GATE_EXAMPLES, "--workers", CPU_WORKERS,
+           env=interpreter)
     python(session, "-m", "parity", "--device", "cpu", *MODEL_GATE, env=interpreter)
     python(session, "-m", "pytest", "-n", "2", *session.posargs, env=interpreter)
 

@@ -52,7 +52,7 @@ def parse_args(argv):
                         help="run every implementation in this process (debugging: a crash then ends the run)")
     parser.add_argument("--workers", type=int, default=1,
                         help="child processes at once, the cases dealt out among them (default 1; on a CPU at most "
-                             "its cores: each child takes its share of torch's threads)")
+                             "its cores)")
     parser.add_argument("--timeout", type=float, default=runner.DEFAULT_TIMEOUT,
                         help=f"seconds an isolated implementation may spend on one case (default {runner.DEFAULT_TIMEOUT:g})")
     model = parser.add_argument_group("model-level parity (parity/model.py)")
