@@ -90,7 +90,7 @@ def install_triton_unless_present(session: nox.Session) -> None:
 @nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
     """The CPU parity gate, the model-level gate on the smallest backbone, then the test suite
-    (hypothesis profile `ci` under CI=true, `dev` otherwise).
+    (hypothesis profile `ci`, bounded and derandomized, unless HYPOTHESIS_PROFILE names another).
 
     The Triton kernel takes part through Triton's CPU interpreter."""
     install_needs(session, "pytest-xdist")
@@ -101,7 +101,8 @@ def tests(session: nox.Session) -> None:
     python(session, "-m", "parity", "--device", "cpu", "--examples", GATE_EXAMPLES, "--workers", CPU_WORKERS,
            env=interpreter)
     python(session, "-m", "parity", "--device", "cpu", *MODEL_GATE, env=interpreter)
-    python(session, "-m", "pytest", "-n", "2", *session.posargs, env=interpreter)
+    profile = {"HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci")}
+    python(session, "-m", "pytest", "-n", "2", *session.posargs, env={**interpreter, **profile})
 
 
 def _venv_seeing(packages_of: str, where: Path) -> Path:

@@ -25,7 +25,6 @@ import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,8 +101,8 @@ def build_library() -> Path:
 
     source = rewrite_launches(HOST_SOURCE.read_text()) + CPU_REGISTRATION
     flags = ["-O2", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
-             f"-I{sysconfig.get_paths()['include']}", *(f"-I{p}" for p in cpp_extension.include_paths())]
-    libraries = [*(f"-L{p}" for p in cpp_extension.library_paths()), "-lc10", "-ltorch", "-ltorch_cpu", "-ltorch_python"]
+             *(f"-I{p}" for p in cpp_extension.include_paths())]
+    libraries = [*(f"-L{p}" for p in cpp_extension.library_paths()), "-lc10", "-ltorch", "-ltorch_cpu"]
     return _compile("dcnv3_ascendc", {"dcnv3_ascendc.cpp": source, "dcnv3_kernel.h": KERNEL_HEADER.read_text()},
                     flags, libraries)
 
