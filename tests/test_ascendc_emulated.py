@@ -20,12 +20,12 @@ import torch
 from hypothesis import given, settings
 
 import emulated_ascendc as emulated
+from impls import DCNv3Params
 from impls.registry import Implementation
 from parity.compare import assert_matches_reference
 from parity.problems import Problem
 from parity.regressions import REGRESSIONS
 from parity.strategies import problems
-from impls import DCNv3Params
 
 pytestmark = pytest.mark.skipif(emulated.compiler_missing() is not None, reason=str(emulated.compiler_missing()))
 

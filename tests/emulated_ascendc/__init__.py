@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import subprocess
-import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,24 +67,25 @@ def rewrite_launches(source: str) -> str:
 
 
 def _compile(name: str, sources: dict[str, str], flags: list[str], libraries: list[str] = ()) -> Path:
-    """g++ on `sources` (file name -> text, the first compiled, the rest on its include path), cached by content."""
-    key = hashlib.sha256(repr((sorted(sources.items()), flags, libraries, (HERE / "kernel_operator.h").read_text()))
-                         .encode()).hexdigest()[:16]
+    """g++ on `sources` (file name -> text, the first compiled, the rest on its include path), cached by
+    content; each build in a folder of its own, so that two test workers building at once never read
+    each other's half-written files."""
+    emulation = [path.read_text() for path in sorted(HERE.rglob("*.h"))]
+    key = hashlib.sha256(repr((sorted(sources.items()), flags, libraries, emulation)).encode()).hexdigest()[:16]
     library = CACHE / f"{name}-{key}.so"
     if library.exists():
         return library
-    work = CACHE / f"{name}-{key}.src"
-    work.mkdir(parents=True, exist_ok=True)
-    for file, text in sources.items():
-        (work / file).write_text(text)
-    main = work / next(iter(sources))
-    partial = library.with_suffix(f".{os.getpid()}.tmp")
-    command = ["g++", "-std=c++17", "-fPIC", "-shared", f"-I{work}", f"-I{HERE}", f"-I{KERNEL_DIR}", *flags,
-               str(main), *libraries, "-o", str(partial)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"the emulated Ascend C build failed:\n{result.stderr[-4000:]}")
-    partial.replace(library)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as work:
+        for file, text in sources.items():
+            (Path(work) / file).write_text(text)
+        partial = Path(work) / library.name
+        command = ["g++", "-std=c++17", "-fPIC", "-shared", f"-I{work}", f"-I{HERE}", f"-I{KERNEL_DIR}", *flags,
+                   str(Path(work) / next(iter(sources))), *libraries, "-o", str(partial)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"the emulated Ascend C build failed:\n{result.stderr[-4000:]}")
+        partial.replace(library)
     return library
 
 
