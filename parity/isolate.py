@@ -86,10 +86,9 @@ def isolated_in_parallel(task: Task, impl: Implementation, work: list, device: t
     yield from sorted(outcomes, key=lambda outcome: position[id(outcome.item)])
 
 
-def isolated(task: Task, impl: Implementation, work: list, device: torch.device, timeout: float,
-             threads: int | None = None) -> Iterator[Outcome]:
-    """The work in child processes: as `inline`, and a crash or a hang fails the item it was on. `threads`
-    sets the child's torch CPU threads (default: torch's own choice)."""
+def isolated(task: Task, impl: Implementation, work: list, device: torch.device,
+             timeout: float) -> Iterator[Outcome]:
+    """The work in child processes: as `inline`, and a crash or a hang fails the item it was on."""
     if not impl.origin and impl.name in impls.names() and impls.get(impl.name) is not impl:
         # A child would rebuild the registered one of that name, a different implementation.
         reason = (f"{impl.name} cannot run in a child process: it is not the implementation registered under that "
@@ -101,8 +100,7 @@ def isolated(task: Task, impl: Implementation, work: list, device: torch.device,
     remaining, crashes = list(work), 0
     while remaining:
         receiving, sending = context.Pipe(duplex=False)
-        child = context.Process(target=_serve, args=(sending, sys.path, task, impl.name, impl.origin, device, remaining,
-                                                     threads),
+        child = context.Process(target=_serve, args=(sending, sys.path, task, impl.name, impl.origin, device, remaining),
                                 name=f"parity-{impl.name}", daemon=True)
         child.start()
         sending.close()
@@ -169,11 +167,8 @@ def _death(child) -> str:
     return f"exited with status {code}"
 
 
-def _serve(sending, path: list[str], task: Task, name: str, origin: str, device: torch.device, work: list,
-           threads: int | None) -> None:
+def _serve(sending, path: list[str], task: Task, name: str, origin: str, device: torch.device, work: list) -> None:
     global _beat
-    if threads:
-        torch.set_num_threads(threads)
     # The forkserver holds the sys.path of when it started; an --impl-module may need what came later.
     sys.path[:] = path
 

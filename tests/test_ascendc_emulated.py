@@ -21,7 +21,6 @@ from hypothesis import given, settings
 
 import emulated_ascendc as emulated
 from impls import DCNv3Params
-from impls.registry import Implementation
 from parity.compare import assert_matches_reference
 from parity.problems import Problem
 from parity.regressions import REGRESSIONS
@@ -37,11 +36,6 @@ def driver():
     return emulated.Driver(emulated.build_driver())
 
 
-def _implementation(driver, device) -> Implementation:
-    return Implementation(name="ascendc-emulated", fn=emulated.emulated_kernel(driver, device),
-                          dtypes=frozenset({torch.float32}), device_types=("cpu",))
-
-
 def _arrays(problem: Problem):
     return [t.detach().numpy() for t in problem.tensors(torch.float32)]
 
@@ -49,13 +43,13 @@ def _arrays(problem: Problem):
 @pytest.mark.parametrize("plan", PLANS)
 @pytest.mark.parametrize("name", REGRESSIONS)
 def test_the_kernel_matches_the_reference_on_the_regressions(driver, name, plan):
-    assert_matches_reference(_implementation(driver, PLANS[plan]), REGRESSIONS[name], torch.float32)
+    assert_matches_reference(emulated.implementation(driver, PLANS[plan]), REGRESSIONS[name], torch.float32)
 
 
 @settings(max_examples=15)
 @given(problem=problems(smooth=True))
 def test_the_kernel_matches_the_reference_on_drawn_problems(driver, problem):
-    assert_matches_reference(_implementation(driver, emulated.SMALL_DEVICE), problem, torch.float32)
+    assert_matches_reference(emulated.implementation(driver, emulated.SMALL_DEVICE), problem, torch.float32)
 
 
 @pytest.mark.parametrize("device", [emulated.DEVICE_910B3, emulated.SMALL_DEVICE,
@@ -164,7 +158,7 @@ def test_a_planted_bug_fails(original, replacement):
     for plan in PLANS.values():
         for name, problem in REGRESSIONS.items():
             try:
-                assert_matches_reference(_implementation(mutant, plan), problem, torch.float32)
+                assert_matches_reference(emulated.implementation(mutant, plan), problem, torch.float32)
             except (AssertionError, emulated.EmulationFault) as failure:
                 caught.append(f"{name}: {failure}")
     assert caught, "the emulated kernel passed every regression problem with the bug planted"
@@ -195,10 +189,7 @@ import sys, torch
 import emulated_ascendc as emulated
 from parity.compare import assert_matches_reference
 from parity.regressions import REGRESSIONS
-from impls.registry import Implementation
-driver = emulated.Driver(sys.argv[1])
-fn = emulated.emulated_kernel(driver, emulated.SMALL_DEVICE)
-impl = Implementation(name="asan", fn=fn, dtypes=frozenset({torch.float32}), device_types=("cpu",))
+impl = emulated.implementation(emulated.Driver(sys.argv[1]), emulated.SMALL_DEVICE)
 for problem in REGRESSIONS.values():
     assert_matches_reference(impl, problem, torch.float32)
 """

@@ -1,7 +1,7 @@
 /*
  * DCNv3 forward and backward for Ascend 910B vector cores (dav-2201), float32: the device code of
  * dcnv3_ascendc.asc, which includes it. Plain Ascend C apart from the host-side helpers at the end
- * (MakeTiling, LaunchError), so that CI builds this file unchanged against an emulated Ascend C API
+ * (MakeTiling, SetLaunch), so that CI builds this file unchanged against an emulated Ascend C API
  * (tests/emulated_ascendc) and runs it through the parity problems; `nox -s build-ascendc` builds it on
  * an Ascend host and `nox -s bench-npu` checks it there.
  *
@@ -367,9 +367,13 @@ inline Geometry MakeTiling(int64_t batch, int64_t height, int64_t width, int64_t
     return g;
 }
 
-// Host side: why launching `blocks` cores on tiles of `blockPixels` pixels would go wrong, or "".
-inline std::string LaunchError(const Geometry& g, int64_t blockPixels, int64_t blocks, bool backward)
+// Host side: `g` set to launch `blocks` cores on tiles of `blockPixels` pixels, or why that would go wrong.
+// An empty batch launches nothing and needs neither.
+inline std::string SetLaunch(Geometry& g, int64_t blockPixels, int64_t blocks, bool backward)
 {
+    if (g.pixels == 0) {
+        return "";
+    }
     if (blockPixels < 1 || blockPixels > static_cast<int64_t>(g.pixels)) {
         return "block_pixels=" + std::to_string(blockPixels) + " must lie in [1, " + std::to_string(g.pixels) +
                "] (the call's output pixels)";
@@ -383,6 +387,7 @@ inline std::string LaunchError(const Geometry& g, int64_t blockPixels, int64_t b
         return "block_pixels=" + std::to_string(blockPixels) + " needs " + std::to_string(bytes) +
                " bytes of unified buffer; a 910B vector core has " + std::to_string(UNIFIED_BUFFER_BYTES);
     }
+    g.blockPixels = static_cast<uint32_t>(blockPixels);
     return "";
 }
 

@@ -6,7 +6,7 @@ Two builds of the unchanged source:
 
 - `build_driver()`: impls/ascendc/dcnv3_kernel.h (the device code and its host-side checks) behind a
   C ABI (driver.cpp), no torch, in seconds: the parity problems, the hypothesis strategies and the
-  planted bugs run through it (`emulated_kernel`).
+  planted bugs run through it (`implementation`).
 - `build_library()`: the whole of impls/ascendc/dcnv3_ascendc.asc, host code and torch.library
   registration included, its `<<<blocks, l2ctrl, stream>>>` launches rewritten into
   `ascendc_emulation::Launch` calls and its PrivateUse1 kernels registered for the CPU as well, which
@@ -33,6 +33,7 @@ import torch
 
 from impls.ascendc import tiling
 from impls.params import DCNv3Params
+from impls.registry import Implementation
 
 HERE = Path(__file__).resolve().parent
 KERNEL_DIR = HERE.parents[1] / "impls" / "ascendc"
@@ -174,8 +175,8 @@ class Driver:
         return outputs, dict(zip(COUNTERS, counters))
 
 
-def emulated_kernel(driver: Driver, device: Device = DEVICE_910B3):
-    """The emulated kernel as an implementation's function (float32, cpu): forward and backward launches."""
+def implementation(driver: Driver, device: Device = DEVICE_910B3) -> Implementation:
+    """The emulated kernel as an implementation (float32, cpu): forward and backward launches under `device`'s plan."""
 
     def numpy(tensor):
         return tensor.detach().to(torch.float32).numpy()
@@ -196,5 +197,6 @@ def emulated_kernel(driver: Driver, device: Device = DEVICE_910B3):
             grads, _ = driver.run(True, ctx.params, tensors, [t.shape for t in tensors[:3]], device)
             return (*(torch.from_numpy(g) for g in grads), None)
 
-    return EmulatedAscendC.apply
+    return Implementation(name="ascendc-emulated", fn=EmulatedAscendC.apply, dtypes=frozenset({torch.float32}),
+                          device_types=("cpu",))
 

@@ -40,15 +40,14 @@ extern "C" int dcnv3_emulated_run(int backward, const int64_t* shape, const int6
                                                       geometry[6], geometry[7], geometry[8], geometry[9], offsetScale,
                                                       removeCenter != 0);
         std::fill(counters, counters + STORES_MAX + 1, 0);
-        if (tiling.pixels == 0) {  // an empty batch: no launch, as the host code does
-            return 0;
-        }
-        std::string invalid = dcnv3_device::LaunchError(tiling, blockPixels, blocks, backward != 0);
+        std::string invalid = dcnv3_device::SetLaunch(tiling, blockPixels, blocks, backward != 0);
         if (!invalid.empty()) {
             std::snprintf(error, errorSize, "%s", invalid.c_str());
             return 1;
         }
-        tiling.blockPixels = static_cast<uint32_t>(blockPixels);
+        if (tiling.pixels == 0) {  // an empty batch: no launch, as the host code does
+            return 0;
+        }
         uint64_t channels = static_cast<uint64_t>(tiling.group) * tiling.groupChannels;
         size_t inputs = static_cast<size_t>(shape[0]) * shape[1] * shape[2] * channels;
         size_t offsets = static_cast<size_t>(tiling.pixels) * tiling.group * 2 * tiling.points;
