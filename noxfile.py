@@ -118,9 +118,9 @@ def _venv_seeing(packages_of: str, where: Path) -> Path:
 def npu_emulated(session: nox.Session) -> None:
     """Every NPU line of the harness, run on the emulated NPU (tests/emulated_npu): the NPU tests, the
     gate (the Ascend C kernel's .asc among its implementations, built against the emulated Ascend C API
-    in tests/emulated_ascendc), preflight, the benchmark and its report, then `nox -s bench-npu` itself
-    from a fresh venv, with and without the emulation; then line coverage of the NPU branches, which must
-    be complete."""
+    in tests/emulated_ascendc), preflight, the benchmark and its report (with the Ascend C kernel's
+    emulated counts), then `nox -s bench-npu` itself from a fresh venv, with and without the emulation;
+    then line coverage of the NPU branches, which must be complete."""
     install_needs(session, "coverage>=7.10")
     install_triton_unless_present(session)
     work = Path(tempfile.mkdtemp(prefix="npu-emulated-"))
@@ -138,6 +138,7 @@ def npu_emulated(session: nox.Session) -> None:
                 env=emulated, external=True)
     session.run(*measured, "bench", "--device", "npu", *EMULATED_BENCH, "--out", str(work / "bench"),
                 env=emulated, external=True)
+    python(session, "-m", "emulated_ascendc", "counts", "--out", str(work / "bench"), env=emulated)
     session.run(*measured, "reports", str(work / "bench"), env=emulated, external=True)
     session.run(*measured, "parity", "--device", "npu", *EMULATED_MODEL_GATE, env=emulated, external=True)
     session.run(*measured, "bench", "--device", "npu", *EMULATED_MODEL_BENCH, "--out", str(work / "model"),

@@ -2,8 +2,9 @@
 
     python -m reports DIR [DIR ...] [--compare OLD_DIR] [--compare-fail p50:5%]
 
-Reads only DIR/results.csv, DIR/parity.csv, DIR/environment.json and (model
-suites) DIR/profile.csv, so a run made on an NPU host can be reported
+Reads only DIR/results.csv, DIR/parity.csv, DIR/environment.json, (model
+suites) DIR/profile.csv and (where `python -m emulated_ascendc counts --out DIR`
+wrote it) DIR/ascendc-counts.csv, so a run made on an NPU host can be reported
 anywhere. Writes DIR/summary.md and DIR/speedup-<dtype>.png, latency-<dtype>.png,
 bandwidth-<dtype>.png (operator suites) or time-<dtype>.png (model suites).
 
@@ -40,6 +41,11 @@ def load(run: Path):
     parity = pd.read_csv(run / "parity.csv") if (run / "parity.csv").exists() else None
     env = json.loads((run / "environment.json").read_text()) if (run / "environment.json").exists() else {}
     return results, parity, env
+
+
+def load_ascendc_counts(run: Path) -> pd.DataFrame | None:
+    """The Ascend C kernel's per-pixel counts on the emulated API (tests/emulated_ascendc), or None."""
+    return pd.read_csv(run / "ascendc-counts.csv") if (run / "ascendc-counts.csv").exists() else None
 
 
 def load_profile(run: Path) -> pd.DataFrame | None:
@@ -268,7 +274,7 @@ def _or_unknown(value, unit):
     return "unknown (fractions are of the measured copy bandwidth)" if value is None else f"{value:.0f} {unit}"
 
 
-def summary_markdown(results, parity, env, charts, comparison=None, profile=None) -> str:
+def summary_markdown(results, parity, env, charts, comparison=None, profile=None, ascendc_counts=None) -> str:
     fmt = dict(index=False, floatfmt=".3g")
     lines = [f"# DCNv3 benchmark: {env.get('device_name', '?')} ({env.get('device', '?')}), suite {env.get('suite', '?')}", ""]
     lines += environment_block(env)
@@ -299,6 +305,13 @@ def summary_markdown(results, parity, env, charts, comparison=None, profile=None
     if parity is not None:
         lines += ["## Parity against the float64 reference (before timing)", "",
                   summarise(parity).drop(columns=["tightest_case"]).to_markdown(index=False, floatfmt=".2e"), ""]
+    if ascendc_counts is not None:
+        lines += ["## The Ascend C kernel on the emulated Ascend C API: emulated counts, not time", "",
+                  "Per sampling point and per output pixel (all groups), under the 910B3 plan, on each "
+                  "InternImage-T shape: DMA copies (DataCopyPad calls), bytes they move beside the "
+                  "bytes-moved model's, full pipeline barriers, SetFlag/WaitFlag pairs, vector instructions "
+                  "and scalar reads and writes of the unified buffer (tests/emulated_ascendc).", "",
+                  ascendc_counts.to_markdown(index=False, floatfmt=".3g"), ""]
     if comparison is not None:
         lines += ["## Change against the earlier run", "", comparison.to_markdown(**fmt), ""]
     lines += ["## Charts", ""] + [f"![{chart.stem}]({chart.name})" for chart in charts]
@@ -330,7 +343,8 @@ def build(run: Path, old: Path | None, compare_fail: str) -> bool:
     comparison = None
     if old is not None:
         comparison = compare(results, load(old)[0], compare_fail)
-    (run / "summary.md").write_text(summary_markdown(results, parity, env, charts, comparison, profile))
+    (run / "summary.md").write_text(summary_markdown(results, parity, env, charts, comparison, profile,
+                                                     load_ascendc_counts(run)))
     print(f"wrote {run / 'summary.md'} and {len(charts)} charts")
     if comparison is not None and comparison["regressed"].any():
         worse = comparison[comparison["regressed"]]

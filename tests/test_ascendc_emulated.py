@@ -2,7 +2,7 @@
 
 Built with g++ against tests/emulated_ascendc/kernel_operator.h and run through the regression problems
 and the hypothesis strategies under two plans: the 910B3's (40 cores, 192 KB of unified buffer) and a
-3-core, 4 KB one that forces several tiles per core, short last tiles and more than one tile per
+3-core, 12 KB one that forces several tiles per core, short last tiles and more than one tile per
 group. Planted bugs must fail, and AddressSanitizer watches the global-memory side the emulator does
 not bound. The whole .asc, host code included, runs on the emulated NPU in tests/test_npu_emulated.py.
 """
@@ -28,7 +28,7 @@ from parity.strategies import problems
 
 pytestmark = pytest.mark.skipif(emulated.compiler_missing() is not None, reason=str(emulated.compiler_missing()))
 
-PLANS = {"910B3": emulated.DEVICE_910B3, "3-cores-4KB": emulated.SMALL_DEVICE}
+PLANS = {"910B3": emulated.DEVICE_910B3, "3-cores-12KB": emulated.SMALL_DEVICE}
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,8 @@ def test_the_kernel_matches_the_reference_on_drawn_problems(driver, problem):
 
 
 @pytest.mark.parametrize("device", [emulated.DEVICE_910B3, emulated.SMALL_DEVICE,
-                                    emulated.Device(vector_cores=7, ub_capacity=emulated.tiling.UB_RESERVED_BYTES + 1000)],
-                         ids=["910B3", "3-cores-4KB", "7-cores-1KB"])
+                                    emulated.Device(vector_cores=7, ub_capacity=emulated.tiling.UB_RESERVED_BYTES + 2500)],
+                         ids=["910B3", "3-cores-12KB", "7-cores-2.5KB"])
 @pytest.mark.parametrize("name", ["padding_order", "declared_dtypes_nonsquare", "far_outside"])
 def test_every_output_element_is_stored_exactly_once(driver, name, device):
     problem = REGRESSIONS[name]
@@ -78,6 +78,29 @@ def test_the_plans_unified_buffer_is_what_the_kernel_allocates(driver, plan, bac
     chosen = emulated.tiling.plan(*offset.shape[:3], problem.params, backward=backward,
                                   vector_cores=device.vector_cores, ub_capacity=device.ub_capacity)
     assert counters["ub_bytes"] == emulated.tiling.ub_bytes(chosen.block_pixels, problem.params, backward)
+
+
+@pytest.mark.parametrize("plan", PLANS)
+def test_a_point_costs_at_most_two_copies_each_way_and_no_barrier(driver, plan):
+    """The design's figures: a point's 2x2 window arrives in at most two copies (one per image row) and its
+    input gradient leaves in at most two; beyond them a tile copies its offsets and masks in (and backward
+    grad_output) and its results out once; the only PipeBarrier is each core's last."""
+    problem = REGRESSIONS["padding_order"]
+    input, offset, mask, grad_output = _arrays(problem)
+    device = PLANS[plan]
+    points = offset.size // 2
+    for backward in (False, True):
+        tensors, shapes = ([input, offset, mask, grad_output], [input.shape, offset.shape, mask.shape]) if backward \
+            else ([input, offset, mask], [grad_output.shape])
+        _, counts = driver.run(backward, problem.params, tensors, shapes, device)
+        chosen = emulated.tiling.plan(*offset.shape[:3], problem.params, backward=backward,
+                                      vector_cores=device.vector_cores, ub_capacity=device.ub_capacity)
+        assert counts["copies_in"] <= 2 * points + (3 if backward else 2) * chosen.tiles
+        if backward:
+            assert counts["copies_out"] <= 2 * points + 2 * chosen.tiles
+        else:
+            assert counts["copies_out"] == chosen.tiles
+        assert counts["barriers"] == chosen.blocks
 
 
 def test_a_one_point_kernel_copies_each_pixels_group_run(driver):
@@ -113,11 +136,11 @@ def test_the_host_checks_refuse_a_tile_too_large_for_the_unified_buffer(driver):
 
 
 def test_the_emulated_unified_buffer_is_the_plans_budget(driver):
-    """A plan made for the 910B3's buffer (one core: one tile as large as it allows) fails on a 4 KB one."""
+    """A plan made for the 910B3's buffer (one core: one tile as large as it allows) fails on a 12 KB one."""
     params = DCNv3Params(3, 3, 1, 1, 1, 1, 1, 1, group=1, group_channels=16)
     input, offset, mask, grad_output = _arrays(Problem(1, 32, 32, params))
     plan = emulated.tiling.plan(1, 32, 32, params, vector_cores=1)
-    with pytest.raises(emulated.EmulationFault, match="InitBuffer of .* overflows the 4096-byte unified buffer"):
+    with pytest.raises(emulated.EmulationFault, match="InitBuffer of .* overflows the 12288-byte unified buffer"):
         driver.run(False, params, [input, offset, mask], [grad_output.shape], emulated.SMALL_DEVICE,
                    block_pixels=plan.block_pixels, blocks=plan.blocks)
 
@@ -130,15 +153,22 @@ PLANTED_BUGS = [
      "offsets.GetValue(k * offsetRun + 2 * p + 1),\n                                  "
      "offsets.GetValue(k * offsetRun + 2 * p));"),
     ("unified-buffer stride of one block too many", "(stride - length) * 4, 0, 0};", "(stride - length) * 4, 1, 0};"),
-    ("barrier after the copy in missing", "AscendC::DataCopyPad(dst, src, params, pad);\n    AscendC::PipeBarrier<PIPE_ALL>();",
-     "AscendC::DataCopyPad(dst, src, params, pad);"),
+    ("window summed without waiting for its copy", "Handoff<AscendC::HardEvent::MTE2_V>(slot);", ""),
+    ("window slot not advanced with its event", "windowBuf.Get<float>()[slot * 4 * run]", "windowBuf.Get<float>()[0]"),
+    ("gradients stored without waiting for the scalar unit", "Handoff<AscendC::HardEvent::S_MTE3>(TILE_EVENT);", ""),
     ("atomic add removed", "AscendC::SetAtomicAdd<float>();", ""),
     ("atomic add left on", "AscendC::SetAtomicNone();", ""),
-    ("scratch buffer one run short", "pipe.InitBuffer(scratchBuf, 8 * run * 4);", "pipe.InitBuffer(scratchBuf, 7 * run * 4);"),
+    ("value and derivatives buffer one run short", "pipe.InitBuffer(sampledBuf, 3 * run * 4);",
+     "pipe.InitBuffer(sampledBuf, 2 * run * 4);"),
     ("floor truncates", "return static_cast<float>(truncated) > value ? truncated - 1 : truncated;", "return truncated;"),
-    ("last column let through", "col >= static_cast<int32_t>(g.width)", "col > static_cast<int32_t>(g.width)"),
+    ("last column let through", "uint32_t last = s.x0 + 1 < static_cast<int32_t>(g.width) ? 1 : 0;",
+     "uint32_t last = s.x0 + 1 <= static_cast<int32_t>(g.width) ? 1 : 0;"),
     ("group offset dropped", "* channels + group * g.groupChannels;", "* channels;"),
     ("accumulator not zeroed", "AscendC::Duplicate(accumulator, 0.0f, t.count * run);", ""),
+    ("dots of points outside the image not zeroed", "AscendC::Duplicate(dots, 0.0f, t.count * dotsRun);", ""),
+    ("offset gradients' dx and dy dots swapped", "scaled * sums[2]);", "scaled * sums[1]);"),
+    ("channel sum one channel short", "uint32_t mask = chunks == 1 ? g.groupChannels : REDUCE_FLOATS;",
+     "uint32_t mask = chunks == 1 ? g.groupChannels - 1 : REDUCE_FLOATS;"),
     ("short last tile not shortened", "count = g.pixels - first < g.blockPixels ? g.pixels - first : g.blockPixels;",
      "count = g.blockPixels;"),
     ("remove_center ignored", "((g.removeCenter != 0 && point >= centre) ? 1 : 0)", "0"),
@@ -164,11 +194,37 @@ def test_a_planted_bug_fails(original, replacement):
     assert caught, "the emulated kernel passed every regression problem with the bug planted"
 
 
+# SetFlag/WaitFlag must pair up: each mutant breaks one pairing rule of SetFlag-WaitFlag.md and must fail naming it.
+@pytest.mark.parametrize("original, replacement, message", [
+    ("        AscendC::WaitFlag<AscendC::HardEvent::V_MTE2>(0);\n        AscendC::WaitFlag<AscendC::HardEvent::V_MTE2>(1);",
+     "        AscendC::WaitFlag<AscendC::HardEvent::V_MTE2>(0);", "ended with a flag set that no WaitFlag took"),
+    ("        AscendC::SetFlag<AscendC::HardEvent::V_MTE2>(0);\n        AscendC::SetFlag<AscendC::HardEvent::V_MTE2>(1);",
+     "        AscendC::SetFlag<AscendC::HardEvent::V_MTE2>(0);", "WaitFlag on event id 1 that no SetFlag set before it"),
+    ("AscendC::SetFlag<AscendC::HardEvent::V_MTE2>(0);", "AscendC::SetFlag<AscendC::HardEvent::V_MTE2>(0);\n"
+     "        AscendC::SetFlag<AscendC::HardEvent::V_MTE2>(0);", "SetFlag on event id 0 that is already set"),
+    ("AscendC::SetFlag<AscendC::HardEvent::V_MTE2>(0);", "AscendC::SetFlag<AscendC::HardEvent::V_MTE2>(8);",
+     "SetFlag: event id 8 outside \\[0, 7\\]"),
+], ids=["left set", "never set", "set twice", "id out of range"])
+def test_unpaired_flags_are_caught(original, replacement, message):
+    mutant = emulated.Driver(emulated.build_driver(planted(original, replacement)))
+    problem = REGRESSIONS["padding_order"]
+    input, offset, mask, grad_output = _arrays(problem)
+    with pytest.raises(emulated.EmulationFault, match=message):
+        mutant.run(False, problem.params, [input, offset, mask], [grad_output.shape], emulated.DEVICE_910B3)
+
+
+@pytest.mark.parametrize("group_channels", [64, 65, 71])
+def test_channel_sums_span_whole_reduce_sums_64_float_repeats(driver, group_channels):
+    """D = 64 is one WholeReduceSum repeat with a full mask; D > 64 sums zero-padded runs of 64 in two."""
+    problem = Problem(1, 4, 5, DCNv3Params(3, 3, 1, 1, 1, 1, 1, 1, group=2, group_channels=group_channels))
+    assert_matches_reference(emulated.implementation(driver, emulated.SMALL_DEVICE), problem, torch.float32)
+
+
 def test_a_copy_outside_global_memory_is_caught(driver):
-    """A corner copy one float too long reads past the input on its last pixel, although the numbers stay
-    right (Axpy uses D floats): the emulator bounds every copy by the buffers the driver registered."""
-    overread = planted("CopyIn(corner, inputGm[start], 1, g.groupChannels, g.groupChannels);",
-                       "CopyIn(corner, inputGm[start], 1, g.groupChannels + 1, g.groupChannels);")
+    """A window row's copy one float too long reads past the input on its last pixel, although the numbers
+    stay right (Axpy uses D floats): the emulator bounds every copy by the buffers the driver registered."""
+    overread = planted("inputGm[rows[r].start], rows[r].pixels, g.groupChannels,",
+                       "inputGm[rows[r].start], rows[r].pixels, g.groupChannels + 1,")
     mutant = emulated.Driver(emulated.build_driver(overread))
     params = DCNv3Params(1, 1, 1, 1, 0, 0, 1, 1, group=2, group_channels=4)
     input, offset, mask, _ = _arrays(Problem(1, 3, 3, params, offset_kind="zero"))

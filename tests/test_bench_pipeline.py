@@ -83,6 +83,22 @@ def test_report_numbers_match_the_csv_and_charts_exist(quick_run):
     assert "## Parity against the float64 reference" in summary and "copy bandwidth measured" in summary
 
 
+def test_the_report_shows_the_ascend_c_kernels_emulated_counts_where_the_run_has_them(quick_run, tmp_path):
+    run = tmp_path / "with-counts"
+    shutil.copytree(quick_run, run)
+    counts = pd.DataFrame([{"shape": "T-cls224-s1", "mode": "forward", "dma_per_point": 1.94,
+                            "bytes_per_pixel": 9546.0, "model_bytes_per_pixel": 944.0, "barriers_per_point": 0.0}])
+    counts.to_csv(run / "ascendc-counts.csv", index=False)
+    assert reports_main([str(run)]) == 0
+    summary = (run / "summary.md").read_text()
+    assert "## The Ascend C kernel on the emulated Ascend C API: emulated counts, not time" in summary
+    row = next(line for line in summary.splitlines() if line.startswith("| T-cls224-s1 | forward"))
+    assert [cell.strip() for cell in row.split("|")[3:5]] == ["1.94", "9.55e+03"]
+    (run / "ascendc-counts.csv").unlink()
+    assert reports_main([str(run)]) == 0
+    assert "emulated counts" not in (run / "summary.md").read_text()
+
+
 def test_compare_fails_on_a_slower_run(quick_run, tmp_path):
     slower = tmp_path / "slower"
     shutil.copytree(quick_run, slower)

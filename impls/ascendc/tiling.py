@@ -22,6 +22,8 @@ UB_ALIGN_BYTES = 32
 FLOAT_BYTES = 4
 # Headroom the kernel's scalars and the framework keep in UB.
 UB_RESERVED_BYTES = 8 * 1024
+# WholeReduceSum sums at most 64 float32 per repeat: a group's channels are reduced in runs of 64.
+REDUCE_FLOATS = 64
 
 
 def aligned_floats(count: int) -> int:
@@ -31,16 +33,20 @@ def aligned_floats(count: int) -> int:
 
 
 def _ub_floats(params: DCNv3Params, backward: bool) -> tuple[int, int]:
-    """(floats per tile pixel, fixed floats) of UB: the kernel's InitBuffer sizes."""
+    """(floats per tile pixel, fixed floats) of UB: the kernel's InitBuffer sizes (UbLayout in dcnv3_kernel.h)."""
     run = aligned_floats(params.group_channels)
     offsets = aligned_floats(2 * params.points)
     masks = aligned_floats(params.points)
     if not backward:
-        # per pixel: accumulator, offsets, masks; fixed: the four corner runs
-        return run + offsets + masks, 4 * run
-    # per pixel: grad_output, offsets, masks, grad_offset, grad_mask;
-    # fixed: four corner runs, value, d/dy, d/dx and the scaled gradient being added
-    return run + 2 * offsets + 2 * masks, 8 * run
+        # per pixel: accumulator, offsets, masks; fixed: two window slots of four runs
+        return run + offsets + masks, 8 * run
+    # per pixel: grad_output, offsets, masks, the points' dots, grad_offset, grad_mask; fixed: two window
+    # slots and two grad_input slots of four runs, value with d/dy and d/dx, and their products (zero-padded
+    # to whole runs of 64 where D > 64)
+    chunks = math.ceil(params.group_channels / REDUCE_FLOATS)
+    product = run if chunks == 1 else chunks * REDUCE_FLOATS
+    dots = aligned_floats(3 * chunks * params.points)
+    return run + 2 * offsets + 2 * masks + dots, 19 * run + 3 * product
 
 
 def ub_bytes(block_pixels: int, params: DCNv3Params, backward: bool) -> int:

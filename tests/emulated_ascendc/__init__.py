@@ -51,8 +51,8 @@ TORCH_LIBRARY_IMPL(dcnv3_ascendc, CPU, m)
 }
 """
 # What driver.cpp reports of a launch (its Counter enum, in order).
-COUNTERS = ("copies_in", "copies_out", "bytes_in", "bytes_out", "barriers", "vector_ops", "scalar_ub", "ub_bytes",
-            "stores_min", "stores_max")
+COUNTERS = ("copies_in", "copies_out", "bytes_in", "bytes_out", "barriers", "flags", "vector_ops", "scalar_ub",
+            "ub_bytes", "stores_min", "stores_max")
 
 
 def compiler_missing() -> str | None:
@@ -127,7 +127,7 @@ class Device:
 
 DEVICE_910B3 = Device()
 # Few cores and a small UB: several tiles per core, short last tiles, more than one tile per group.
-SMALL_DEVICE = Device(vector_cores=3, ub_capacity=tiling.UB_RESERVED_BYTES + 4096)
+SMALL_DEVICE = Device(vector_cores=3, ub_capacity=tiling.UB_RESERVED_BYTES + 12 * 1024)
 
 
 class Driver:

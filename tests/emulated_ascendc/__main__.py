@@ -1,11 +1,14 @@
-"""`python -m emulated_ascendc build-library | counts` (tests/ and the repository root on sys.path).
+"""`python -m emulated_ascendc build-library | counts [--out DIR]` (tests/ and the repository root on sys.path).
 
 build-library: build the emulated NPU's Ascend C library and print its path, for DCNV3_ASCENDC_LIBRARY
 (nox -s npu-emulated). counts: what the kernel does per output pixel (all groups) and per sampling point
-on each InternImage-T shape, forward and backward, under the 910B3 plan: emulated counts, not time.
+on each InternImage-T shape, forward and backward, under the 910B3 plan, beside the bytes-moved model:
+emulated counts, not time. With --out DIR, also DIR/ascendc-counts.csv, which `python -m reports DIR`
+puts in the run's summary.
 """
 
-import sys
+import argparse
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -13,6 +16,7 @@ import torch
 import emulated_ascendc as emulated
 from bench.cases import make_inputs
 from bench.shapes import SUITES
+from bench.traffic import bytes_moved
 
 
 def per_pixel_counts() -> pd.DataFrame:
@@ -29,20 +33,28 @@ def per_pixel_counts() -> pd.DataFrame:
                                       ("backward", [input, offset, mask, grad_output],
                                        [input.shape, offset.shape, mask.shape])):
             _, counts = driver.run(mode == "backward", shape.params, tensors, shapes, emulated.DEVICE_910B3)
+            copies = counts["copies_in"] + counts["copies_out"]
             rows.append({"shape": shape.name, "mode": mode,
-                         "dma_per_pixel": (counts["copies_in"] + counts["copies_out"]) / pixels,
-                         "dma_per_point": (counts["copies_in"] + counts["copies_out"]) / points,
+                         "dma_per_point": copies / points,
+                         "dma_per_pixel": copies / pixels,
                          "bytes_per_pixel": (counts["bytes_in"] + counts["bytes_out"]) / pixels,
-                         "barriers_per_pixel": counts["barriers"] / pixels,
+                         "model_bytes_per_pixel": bytes_moved(shape, mode, torch.float32) / pixels,
                          "barriers_per_point": counts["barriers"] / points,
+                         "flag_pairs_per_point": counts["flags"] / points,
                          "vector_ops_per_pixel": counts["vector_ops"] / pixels,
                          "scalar_ub_per_pixel": counts["scalar_ub"] / pixels})
     return pd.DataFrame(rows)
 
 
-if sys.argv[1:] == ["build-library"]:
+parser = argparse.ArgumentParser(prog="python -m emulated_ascendc")
+parser.add_argument("command", choices=["build-library", "counts"])
+parser.add_argument("--out", type=Path, metavar="DIR", help="counts: also write DIR/ascendc-counts.csv")
+arguments = parser.parse_args()
+if arguments.command == "build-library":
     print(emulated.build_library())
-elif sys.argv[1:] == ["counts"]:
-    print(per_pixel_counts().to_markdown(index=False, floatfmt=".1f"))
 else:
-    sys.exit("usage: python -m emulated_ascendc build-library | counts")
+    table = per_pixel_counts()
+    if arguments.out is not None:
+        arguments.out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(arguments.out / "ascendc-counts.csv", index=False)
+    print(table.to_markdown(index=False, floatfmt=".2f"))

@@ -10,8 +10,8 @@
 
 namespace {
 
-enum Counter { COPIES_IN, COPIES_OUT, BYTES_IN, BYTES_OUT, BARRIERS, VECTOR_OPS, SCALAR_UB, UB_BYTES, STORES_MIN,
-               STORES_MAX };
+enum Counter { COPIES_IN, COPIES_OUT, BYTES_IN, BYTES_OUT, BARRIERS, FLAGS, VECTOR_OPS, SCALAR_UB, UB_BYTES,
+               STORES_MIN, STORES_MAX };
 
 void Register(const float* buffer, size_t floats)
 {
@@ -84,6 +84,7 @@ extern "C" int dcnv3_emulated_run(int backward, const int64_t* shape, const int6
         counters[BYTES_IN] = c.bytesIn;
         counters[BYTES_OUT] = c.bytesOut;
         counters[BARRIERS] = c.barriers;
+        counters[FLAGS] = c.flags;
         counters[VECTOR_OPS] = c.vectorOps;
         counters[SCALAR_UB] = c.scalarUb;
         counters[UB_BYTES] = c.ubBytes;
