@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, settings
 
 import impls
 from bench import instruments, timing
-from bench.shapes import is_model_suite, suite
+from bench.shapes import is_model_suite
 from impls import devices, external
 from impls.cli import dtype_name
 
@@ -35,6 +35,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 
 def pytest_addoption(parser):
     parser.addoption("--device", default="cpu", help="device to test on: cpu (default), cuda, cuda:N, npu")
+    parser.addoption("--devices", metavar="all|N|0,3,5",
+                     help="one pytest-xdist worker per device of --device's type, each pinned to its device: all, "
+                          "the first N, or these indices; on cpu, N workers (at most the cores)")
     parser.addoption(
         "--impl", action="append", default=None, metavar="NAME",
         help="implementation to test (repeatable; default: every registered one)",
@@ -42,6 +45,24 @@ def pytest_addoption(parser):
     external.add_option(parser.addoption, "test")
     group = parser.getgroup("dcnv3 benchmark", "bench/test_bench.py (python -m bench's options, prefixed bench-)")
     timing.add_options(group.addoption, "bench-", dict(action="append"))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """--devices as pytest-xdist's own workers: one `popen` each, started with the device's visible-devices
+    variable set (impls/devices.py), so that each worker's device 0 is its own before the runtime starts."""
+    spec = config.getoption("--devices")
+    if spec is None or hasattr(config, "workerinput"):
+        return
+    if config.option.numprocesses or config.option.tx:
+        raise pytest.UsageError("--devices starts the pytest-xdist workers itself: not with -n or --tx")
+    device_type = devices.type_of(config.getoption("--device"))
+    try:
+        workers = devices.worker_devices(device_type, spec)
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
+    config.option.tx = devices.xdist_workers(device_type, workers)
+    config.option.dist = "load"
 
 
 def pytest_configure(config):
@@ -113,7 +134,7 @@ def parametrize_benchmarks(metafunc, fixture: str):
     empty (and skipped) for the other kind of suite."""
     request = timing_request_of(metafunc.config)
     settings = request.settings
-    shapes = suite(settings.suite) if is_model_suite(settings.suite) == (fixture == "model_case") else []
+    shapes = settings.cases if is_model_suite(settings.suite) == (fixture == "model_case") else []
     cases = [
         (impls.get(name), shape, mode, dtype)
         for dtype in settings.dtypes

@@ -12,6 +12,7 @@ Options after `--` pass through, e.g. `nox -s bench-cpu -- --suite quick`.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import site
@@ -35,8 +36,6 @@ EMULATED_NPU = ROOT / "tests" / "emulated_npu"
 HAS_TRITON = "import importlib.util as u; print(u.find_spec('triton') is not None)"
 BEST_DEVICE = "from impls.devices import best_device_type as b; print(b())"
 GATE_EXAMPLES = "20"
-# The CPU gates' children at once: one per core (compiling a graph is mostly one thread's work).
-CPU_WORKERS = str(os.cpu_count() or 1)
 # The bounds were fitted on seeds 1 and 2 (parity/thresholds.toml); the thorough gate checks them on another.
 THOROUGH_EXAMPLES, THOROUGH_SEED = "2000", "3"
 # The emulated NPU's runs: small, since they prove the NPU code paths run, not the numbers again.
@@ -93,12 +92,12 @@ def tests(session: nox.Session) -> None:
     (hypothesis profile `ci`, bounded and derandomized, unless HYPOTHESIS_PROFILE names another).
 
     The Triton kernel takes part through Triton's CPU interpreter."""
-    install_needs(session, "pytest-xdist")
+    install_needs(session)
     install_triton_unless_present(session)
     interpreter = {"TRITON_INTERPRET": "1"}
     # The gate as CI runs it: every regression problem and GATE_EXAMPLES drawn ones (the
     # property tests draw their own); `nox -s parity` runs the default 200.
-    python(session, "-m", "parity", "--device", "cpu", "--examples", GATE_EXAMPLES, "--workers", CPU_WORKERS,
+    python(session, "-m", "parity", "--device", "cpu", "--examples", GATE_EXAMPLES, "--devices", "all",
            env=interpreter)
     python(session, "-m", "parity", "--device", "cpu", *MODEL_GATE, env=interpreter)
     profile = {"HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci")}
@@ -171,13 +170,20 @@ def parity(session: nox.Session) -> None:
 def parity_thorough(session: nox.Session) -> None:
     """Minutes, not CI: the gate on THOROUGH_EXAMPLES drawn cases of a seed the bounds were not fitted on
     (parity/thresholds.toml), into reports/parity-thorough-<timestamp>/, then the property tests with the
-    `thorough` hypothesis profile (600 examples each). Options after `--` go to pytest."""
+    `thorough` hypothesis profile (600 examples each), both on the best device type present, spread over
+    every accelerator of it (`-- --devices N` or `-- --devices 0,3` for fewer). On cpu one worker unless
+    `-- --devices N` asks for more: torch's threads already use every core, and two workers on 2 cores
+    took 648 s against one's 493 s. Other options after `--` go to pytest."""
     install_needs(session)
     best = python(session, "-c", BEST_DEVICE, silent=True).strip()
+    spread = argparse.ArgumentParser(add_help=False)
+    spread.add_argument("--devices", default="1" if best == "cpu" else "all")
+    chosen, pytest_options = spread.parse_known_args(session.posargs)
     out = f"reports/parity-thorough-{time.strftime('%Y%m%d-%H%M%S')}"
-    python(session, "-m", "parity", "--examples", THOROUGH_EXAMPLES, "--seed", THOROUGH_SEED,
-           "--compiled-examples", "10", "--workers", CPU_WORKERS if best == "cpu" else "1", "--out", out)
-    python(session, "-m", "pytest", "parity", *session.posargs, env={"HYPOTHESIS_PROFILE": "thorough"})
+    python(session, "-m", "parity", "--device", best, "--devices", chosen.devices, "--examples", THOROUGH_EXAMPLES,
+           "--seed", THOROUGH_SEED, "--compiled-examples", "10", "--out", out)
+    python(session, "-m", "pytest", "parity", "--device", best, "--devices", chosen.devices, *pytest_options,
+           env={"HYPOTHESIS_PROFILE": "thorough"})
 
 
 @nox.session(name="bench-cpu", venv_backend="none")

@@ -14,13 +14,15 @@ profiled repetition's time went. `python -m reports DIR` turns that into a repor
 The timing is bench/timing.py's, the code `pytest bench` runs, called in this process with
 pytest-benchmark as its engine. The gate runs each implementation in a child process (parity/isolate.py);
 --isolate times each in one too (a port that crashes or hangs while timed then costs its own rows, not
-the run; tritonbench's --isolate), --no-isolate gates in this process as well.
+the run; tritonbench's --isolate), --no-isolate gates in this process as well. --devices spreads the gate
+and the timing over the host's devices, one pytest-xdist worker each (parity/spread.py, bench/spread.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 import platform
 import sys
 import time
@@ -31,14 +33,15 @@ import torch
 
 import impls
 from bench import instruments, timing, traffic
+from bench import spread as bench_spread
 from bench.records import CASE_KEYS, TimedCase
 from bench.shapes import is_model_suite
 from impls import devices, external
-from impls.cli import UsageError
-from parity import runner
+from impls.cli import UsageError, dtype_name
+from parity import runner, spread
 from parity.isolate import inline, isolated
 from parity.summary import markdown, publish, summarise
-from parity.thresholds import Thresholds
+from parity.thresholds import DEFAULT_PATH, Thresholds
 
 # Drawn parity cases for implementations that compile per shape (seconds each).
 COMPILED_PARITY_EXAMPLES = 2
@@ -66,7 +69,13 @@ def parse_args(argv):
                        help="gate every implementation in this process too (debugging: a crash then ends the run)")
     parser.add_argument("--timeout", type=float, default=runner.DEFAULT_TIMEOUT,
                         help=f"seconds one parity case or one timed case may take (default {runner.DEFAULT_TIMEOUT:g})")
+    parser.add_argument("--devices", metavar="all|N|0,3,5",
+                        help="gate and time on these devices of --device's type, one pytest-xdist worker each "
+                             "(bench/spread.py): all, the first N, or these indices; on cpu the gate spreads over "
+                             "N workers and the timing stays in one process")
     args = parser.parse_args(argv)
+    if args.devices is not None and ":" in args.device:
+        parser.error("--devices names the devices: not with an index in --device")
     try:
         args.settings = timing.settings_from(lambda name: getattr(args, name))
     except ValueError as error:
@@ -96,10 +105,18 @@ def environment(device: torch.device, settings: timing.TimingSettings) -> dict:
     }
 
 
-def gate_implementations(implementations, dtypes, device, examples, out: Path, isolate: bool, timeout: float):
-    """Run parity; return (passing implementations, {failed name: summary line})."""
-    results = runner.run(implementations, dtypes, runner.sweep(examples, seed=0), device, Thresholds.load(),
-                         compiled_examples=COMPILED_PARITY_EXAMPLES, isolate=isolate, timeout=timeout)
+def gate_implementations(implementations, dtypes, device, examples, out: Path, isolate: bool, timeout: float,
+                         workers: list | None = None, impl_module: list[str] = ()):
+    """Run parity, spread over `workers` (impls/devices.py worker_devices) where given; return (passing
+    implementations, {failed name: summary line})."""
+    cases, thresholds = runner.sweep(examples, seed=0), Thresholds.load()
+    if workers is None:
+        results = runner.run(implementations, dtypes, cases, device, thresholds,
+                             compiled_examples=COMPILED_PARITY_EXAMPLES, isolate=isolate, timeout=timeout)
+    else:
+        sweep = spread.Sweep(device.type, [i.name for i in implementations], [dtype_name(d) for d in dtypes],
+                             COMPILED_PARITY_EXAMPLES, str(DEFAULT_PATH), list(impl_module), timeout, sys.path)
+        results, _ = spread.run(sweep, workers, implementations, dtypes, cases, thresholds)
     summary = summarise(results)
     publish(markdown(summary, {}, f"# Parity before timing on {device}"), results, out, "parity",
             int((~results["pass"]).sum()))
@@ -170,6 +187,7 @@ def main(argv=None) -> int:
     settings = args.settings
     try:
         device = devices.resolve(args.device)
+        workers = None if args.devices is None else devices.worker_devices(device.type, args.devices)
         external.load(args.impl_module)
         chosen, skipped = runner.select_implementations(args.impl, device)
         dtypes, unusable = runner.usable_dtypes(settings.dtypes, device)
@@ -193,7 +211,7 @@ def main(argv=None) -> int:
         print(f"warning: {warning}", file=sys.stderr)
 
     passing, failed = gate_implementations(chosen, dtypes, device, args.parity_examples, out, args.isolate != "none",
-                                           args.timeout)
+                                           args.timeout, workers, args.impl_module or [])
     for name, why in failed.items():
         print(f"not timed: {name} failed parity ({why})")
     env["not_timed"] = {**skipped, **{name: f"failed parity: {why}" for name, why in failed.items()}}
@@ -202,7 +220,16 @@ def main(argv=None) -> int:
         print("python -m bench: no implementation passed parity; nothing timed", file=sys.stderr)
         return 1
 
-    records, benchmark_json, lost = time_implementations(passing, settings, device, args.isolate == "all", args.timeout)
+    if workers is not None and device.type != "cpu":
+        timing_spread = bench_spread.Timing(device.type, [impl.name for impl in passing], asdict(settings),
+                                            args.impl_module or [], sys.path)
+        records, benchmark_json, lost = bench_spread.run(timing_spread, workers)
+        env["timed_on"] = sorted({record.device for record in records})
+    else:
+        records, benchmark_json, lost = time_implementations(passing, settings, device, args.isolate == "all",
+                                                             args.timeout)
+        env["timed_on"] = [str(device)] + (["one process: cpu workers would time each other's load"]
+                                           if workers is not None and len(workers) > 1 else [])
     for name, why in lost.items():
         print(f"not timed: {name} {why}", file=sys.stderr)
     env["not_timed"].update(lost)

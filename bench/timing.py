@@ -42,6 +42,8 @@ class TimingSettings:
 
     suite: str = field(default="internimage-t", metadata=dict(
         choices=sorted(SUITES), metavar="SUITE", help="shape suite (default internimage-t): " + ", ".join(SUITES)))
+    shape: tuple[str, ...] = field(default=(), metadata=dict(
+        metavar="SHAPE", help="shapes (or models) of the suite to time (default: all)"))
     dtype: tuple[str, ...] = field(default=("float32",), metadata=dict(
         choices=sorted(DTYPES), help="dtypes (default float32)"))
     mode: tuple[str, ...] = field(default=(), metadata=dict(
@@ -56,10 +58,19 @@ class TimingSettings:
                                    ("max_rounds", "min_rounds", self.min_rounds), ("threads", "0", 0)):
             if getattr(self, name) < least:
                 raise ValueError(f"{name.replace('_', '-')} must be >= {floor}, got {getattr(self, name)}")
+        unknown = sorted(set(self.shape) - {case.name for case in SUITES[self.suite]})
+        if unknown:
+            raise ValueError(f"shape {', '.join(unknown)}: not in suite {self.suite} "
+                             f"({', '.join(case.name for case in SUITES[self.suite])})")
 
     @property
     def modes(self) -> tuple[str, ...]:
         return self.mode or (MODEL_MODES if is_model_suite(self.suite) else MODES)
+
+    @property
+    def cases(self) -> list[Shape] | list[ModelCase]:
+        """The suite's shapes (or models) to time: those --shape names, or all."""
+        return [case for case in SUITES[self.suite] if not self.shape or case.name in self.shape]
 
     @property
     def dtypes(self) -> list[torch.dtype]:

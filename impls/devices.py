@@ -196,3 +196,54 @@ def device_name(device: torch.device) -> str:
     return cpu_model() if module is None else module.get_device_name(device)
 
 
+
+
+# The variable that pins a process to some of the host's devices, read when the runtime starts: CUDA's
+# CUDA_VISIBLE_DEVICES, and CANN's ASCEND_RT_VISIBLE_DEVICES (CANN's environment-variable reference,
+# envref_07_0028: comma-separated device ids in ascending order; the process sees them as 0, 1, ...;
+# it takes precedence over ASCEND_DEVICE_ID, which names one device only after the runtime started).
+VISIBLE_DEVICES = {"cuda": "CUDA_VISIBLE_DEVICES", "npu": "ASCEND_RT_VISIBLE_DEVICES"}
+
+
+def cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def worker_devices(device_type: str, spec: str) -> list[int | None]:
+    """`--devices all|N|0,3,5` on a device type: one entry per worker, the host's device index it is pinned
+    to (None on cpu, whose workers share the cores: at most one per core). ValueError naming --devices."""
+    if device_type == "cpu":
+        cores = cpu_cores()
+        count = cores if spec == "all" else int(spec) if spec.isdigit() else None
+        if count is None or not 1 <= count <= cores:
+            raise ValueError(f"--devices {spec}: on cpu, 'all' or a worker count in [1, {cores}] (the cores here)")
+        return [None] * count
+    present = accelerator(device_type).device_count()
+    if spec == "all":
+        return list(range(present))
+    if spec.isdigit():
+        chosen = list(range(int(spec)))
+    elif all(part.isdigit() for part in spec.split(",")):
+        chosen = [int(part) for part in spec.split(",")]
+    else:
+        raise ValueError(f"--devices {spec}: 'all', a count, or device indices such as 0,3,5")
+    if not chosen or len(set(chosen)) != len(chosen) or max(chosen) >= present:
+        raise ValueError(f"--devices {spec}: this host has {present} {device_type} device(s), 0 to {present - 1}, "
+                         "each named once")
+    return sorted(chosen)
+
+
+def xdist_workers(device_type: str, workers: list[int | None]) -> list[str]:
+    """pytest-xdist `--tx` specs for `workers` (worker_devices): a local process each, started with its
+    device's visible-devices variable set, so that the runtime in it sees that device alone, as index 0."""
+    variable = VISIBLE_DEVICES.get(device_type)
+    return [f"popen//env:{variable}={index}" if index is not None else "popen" for index in workers]
+
+
+def pinned_label(device_type: str) -> str:
+    """The device this process was pinned to by xdist_workers, as rows name it: `npu:3` (the host's index),
+    or `cpu (gw0)` (the xdist worker) on cpu."""
+    variable = VISIBLE_DEVICES.get(device_type)
+    if variable and os.environ.get(variable, "").isdigit():
+        return f"{device_type}:{os.environ[variable]}"
+    return f"{device_type} ({os.environ.get('PYTEST_XDIST_WORKER', 'this process')})"

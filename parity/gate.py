@@ -2,6 +2,7 @@
 
     python -m parity --device cpu [--impl NAME ...] [--dtype ...] [--examples K]
                      [--seed S] [--out DIR] [--thresholds FILE] [--timeout S] [--no-isolate]
+                     [--devices all|N|0,3,5]   (one pytest-xdist worker per device; parity/spread.py)
                      [--impl-module package.module:Name ...]   (your own kernel; impls/external.py)
     python -m parity --model internimage-t [--size 224] [--batch 1] ...   (a whole backbone; parity/model.py)
 
@@ -26,7 +27,7 @@ import torch
 from impls import devices, external, internimage
 from impls.cli import DTYPES, UsageError, dtype_name
 from parity import model as model_parity
-from parity import runner
+from parity import runner, spread
 from parity.regressions import REGRESSIONS
 from parity.summary import markdown, publish, summarise
 from parity.thresholds import DEFAULT_PATH, Thresholds
@@ -50,9 +51,10 @@ def parse_args(argv):
     parser.add_argument("--thresholds", type=Path, default=DEFAULT_PATH, help="thresholds TOML (default parity/thresholds.toml)")
     parser.add_argument("--no-isolate", dest="isolate", action="store_false",
                         help="run every implementation in this process (debugging: a crash then ends the run)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="child processes at once, the cases dealt out among them (default 1; on a CPU at most "
-                             "its cores)")
+    parser.add_argument("--devices", metavar="all|N|0,3,5",
+                        help="spread the sweep over devices of --device's type, one pytest-xdist worker each "
+                             "(parity/spread.py): all, the first N, or these indices; on cpu, N workers sharing "
+                             "the cores")
     parser.add_argument("--timeout", type=float, default=runner.DEFAULT_TIMEOUT,
                         help=f"seconds an isolated implementation may spend on one case (default {runner.DEFAULT_TIMEOUT:g})")
     model = parser.add_argument_group("model-level parity (parity/model.py)")
@@ -65,8 +67,8 @@ def parse_args(argv):
         parser.error("--examples must be >= 0")
     if not args.timeout > 0:
         parser.error("--timeout must be > 0")
-    if args.workers < 1 or (args.workers > 1 and not args.isolate):
-        parser.error("--workers must be >= 1, and more than 1 needs the children that --no-isolate turns off")
+    if args.devices is not None and (args.model is not None or ":" in args.device):
+        parser.error("--devices spreads the case sweep of one device type: not with --model or an index in --device")
     if args.model is not None:
         try:
             args.model = internimage.named(args.model.removeprefix("internimage-"))
@@ -99,8 +101,21 @@ def main(argv=None) -> int:
         return model_parity.main(args, implementations, skipped, dtypes, device)
     cases = runner.sweep(args.examples, args.seed)
     started = time.perf_counter()
-    results = runner.run(implementations, dtypes, cases, device, thresholds, compiled_examples=args.compiled_examples,
-                  isolate=args.isolate, timeout=args.timeout, workers=args.workers)
+    where = ""
+    if args.devices is not None:
+        try:
+            workers = devices.worker_devices(device.type, args.devices)
+        except ValueError as error:
+            print(f"python -m parity: {error}", file=sys.stderr)
+            return 2
+        sweep = spread.Sweep(device.type, [i.name for i in implementations], [dtype_name(d) for d in dtypes],
+                             args.compiled_examples, str(args.thresholds), args.impl_module or [], args.timeout,
+                             sys.path)
+        results, per_device = spread.run(sweep, workers, implementations, dtypes, cases, thresholds)
+        where = " Spread over " + ", ".join(f"{name} ({count} items)" for name, count in sorted(per_device.items())) + "."
+    else:
+        results = runner.run(implementations, dtypes, cases, device, thresholds,
+                             compiled_examples=args.compiled_examples, isolate=args.isolate, timeout=args.timeout)
     if results.empty:
         print(f"python -m parity: none of {', '.join(i.name for i in implementations)} supports "
               f"{', '.join(dtype_name(d) for d in dtypes)}", file=sys.stderr)
@@ -112,7 +127,7 @@ def main(argv=None) -> int:
     header = (
         f"# Parity against the float64 reference on {device}\n\n"
         f"{len(cases)} cases ({len(REGRESSIONS)} regression, seed {args.seed}), "
-        f"torch {torch.__version__}, {elapsed:.1f} s. {verdict}."
+        f"torch {torch.__version__}, {elapsed:.1f} s.{where} {verdict}."
     )
     return publish(markdown(summary, skipped, header), results, args.out, "parity", failed)
 

@@ -17,7 +17,6 @@ CRASHES_ALLOWED times.
 
 from __future__ import annotations
 
-import concurrent.futures
 import importlib
 import multiprocessing
 import multiprocessing.connection
@@ -65,25 +64,6 @@ def inline(task: Task, impl: Implementation, work: list, device: torch.device) -
             yield Outcome(item, task(impl, item, device), "")
         except Exception as exception:
             yield Outcome(item, None, devices.describe(exception))
-
-
-def isolated_in_parallel(task: Task, impl: Implementation, work: list, device: torch.device, timeout: float,
-                         workers: int, lane: Callable[[Any], int]) -> Iterator[Outcome]:
-    """As `isolated`, over `workers` children at once: an item goes to lane(item) % workers (items of one
-    lane run in one child, in order), and the outcomes come in the work's order, once every child is done.
-
-    Each child keeps torch's own thread count rather than a share of it: inductor bakes the thread count
-    into the kernels it compiles and into its cache's keys, so graphs a one-thread child compiled would
-    be compiled again by every process on all threads (the test suite after `nox -s tests`' gate)."""
-    if workers <= 1:
-        yield from isolated(task, impl, work, device, timeout)
-        return
-    lanes = [[item for item in work if lane(item) % workers == n] for n in range(workers)]
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        done = [pool.submit(list, isolated(task, impl, items, device, timeout)) for items in lanes if items]
-        outcomes = [outcome for future in done for outcome in future.result()]
-    position = {id(item): index for index, item in enumerate(work)}
-    yield from sorted(outcomes, key=lambda outcome: position[id(outcome.item)])
 
 
 def isolated(task: Task, impl: Implementation, work: list, device: torch.device,

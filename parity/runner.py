@@ -19,8 +19,8 @@ from tqdm import tqdm
 import impls
 from impls import devices
 from impls.cli import UsageError, dtype_name
-from parity.compare import differences, evaluate, evaluate_on_side_stream, expected, judge
-from parity.isolate import inline, isolated_in_parallel
+from parity.compare import QUANTITIES, differences, evaluate, evaluate_on_side_stream, expected, judge
+from parity.isolate import inline, isolated
 from parity.problems import Problem
 from parity.regressions import REGRESSIONS
 from parity.summary import ParityRow
@@ -146,19 +146,30 @@ def parity_task(impl, item: Run, device) -> dict:
     return {q: value.numpy() for q, value in evaluation(impl, item.problem, item.dtype, device).items()}
 
 
+class Memo(NamedTuple):
+    """What run() computes once per case and dtype for every implementation: the float64 reference's
+    quantities and the baseline's errors (None where it raised). Kept across calls by parity/spread.py,
+    whose workers run one implementation and case at a time."""
+
+    truths: dict
+    yardsticks: dict
+
+
 def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled_examples: int | None = None,
-        progress: bool = True, isolate: bool = True, timeout: float = DEFAULT_TIMEOUT, workers: int = 1) -> pd.DataFrame:
+        progress: bool = True, isolate: bool = True, timeout: float = DEFAULT_TIMEOUT,
+        indices: set[int] | None = None, memo: Memo | None = None) -> pd.DataFrame:
     """Rows for every implementation x case of `sweep()` x dtype it declares; implementations that
     compile per shape or run in an interpreter take the regression problems (Problem.regression) and
     the first `compiled_examples` drawn ones.
 
     The baseline runs first, on every case and dtype another implementation needs: its errors are the
     per-case bounds (parity/thresholds.py). Then one implementation at a time, each in a child process
-    unless isolate is False (parity/isolate.py), or in `workers` children at once, the cases dealt out
-    among them (the rows are the same, in the same order); each case's reference is computed once for all.
+    unless isolate is False (parity/isolate.py); each case's reference is computed once for all (once per
+    `memo`, where one is given).
     SPREAD_CASE runs SPREAD_RUNS times: its rows' `run_spread` is the largest difference between runs
     (atomic-add kernels differ run to run). On CUDA and the NPU, STREAM_CASE runs once more with its
-    inputs written on a side stream (rows with `side_stream` True)."""
+    inputs written on a side stream (rows with `side_stream` True). With `indices`, only those cases of
+    `cases` run (the rows are the full sweep's rows of those cases)."""
     spread_index, stream_index = (next((i for i, problem in enumerate(cases) if problem == REGRESSIONS[name]), None)
                                   for name in (SPREAD_CASE, STREAM_CASE))
     if not devices.has_streams(device):
@@ -181,23 +192,22 @@ def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled
                     work += [Run(index, problem, dtype, repeat) for repeat in range(1, SPREAD_RUNS)]
                 if checked_one and index == stream_index:
                     work.append(Run(index, problem, dtype, side_stream=True))
-        return work
+        return [run for run in work if indices is None or run.index in indices]
 
     base = impls.baseline()
     checked = {impl.name for impl in implementations}
     needed = {(run.index, run.dtype) for impl in implementations for run in work_of(impl, False)}
     order = [base] + [impl for impl in implementations if impl.name != base.name]
-    truths: dict[tuple[int, torch.dtype], dict] = {}
-    yardsticks: dict[tuple[int, torch.dtype], dict | None] = {}
+    memo = memo or Memo({}, {})
+    truths, yardsticks = memo.truths, memo.yardsticks
     shown = Progress(device, progress)
     rows = []
     for impl in order:
         work = work_of(impl, impl.name in checked)
         if impl.name not in checked:
-            work = [run for run in work if (run.index, run.dtype) in needed]
+            work = [run for run in work if (run.index, run.dtype) in needed and (run.index, run.dtype) not in yardsticks]
         shown.start(impl.name if impl.name in checked else f"{impl.name} (the baseline, for the bounds)", len(work))
-        outcomes = (isolated_in_parallel(parity_task, impl, work, device, timeout, workers, lane=lambda run: run.index)
-                    if isolate else inline(parity_task, impl, work, device))
+        outcomes = isolated(parity_task, impl, work, device, timeout) if isolate else inline(parity_task, impl, work, device)
         first_runs: dict[torch.dtype, tuple[dict | None, list[ParityRow]]] = {}
         for outcome in outcomes:
             index, problem, dtype, repeat, on_side_stream = outcome.item
@@ -228,6 +238,31 @@ def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled
                     shown.failed(row)
         shown.finish()
     return pd.DataFrame([row.row() for row in rows])
+
+
+def failed_rows(impl, problem: Problem, index: int, dtypes, device_type: str, thresholds: Thresholds,
+                error: str) -> pd.DataFrame:
+    """The rows of `impl` on case `index` where it gave no result at all (its worker died), all failing."""
+    rows = [ParityRow(impl.name, device_type, dtype_name(dtype), quantity, index, False, verdict, problem.label(),
+                      error, problem.describe())
+            for dtype in filter(impl.supports, dtypes)
+            for quantity, verdict in judge(impl.name, dtype, None, dict.fromkeys(QUANTITIES), None, thresholds).items()]
+    return pd.DataFrame([row.row() for row in rows])
+
+
+def in_sweep_order(rows: pd.DataFrame, implementations, dtypes) -> pd.DataFrame:
+    """Rows in the order run() makes them: the baseline first, then implementation, case, dtype, the side
+    stream's after the default stream's, quantity."""
+    base = impls.baseline().name
+    order = [base] + [impl.name for impl in implementations if impl.name != base]
+    rank = {
+        "implementation": {name: i for i, name in enumerate(order)},
+        "dtype": {dtype_name(dtype): i for i, dtype in enumerate(dtypes)},
+        "quantity": {quantity: i for i, quantity in enumerate(QUANTITIES)},
+    }
+    keys = ["implementation", "case", "dtype", "side_stream", "quantity"]
+    return rows.sort_values(keys, key=lambda column: column.map(rank[column.name]) if column.name in rank else column,
+                            kind="stable").reset_index(drop=True)
 
 
 def _record_spread(first: dict | None, case_rows: list[ParityRow], again: dict | None, error: str, shown: Progress) -> None:

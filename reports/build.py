@@ -265,6 +265,9 @@ def environment_block(env: dict) -> list[str]:
         f"known device peak: {_or_unknown(env.get('known_peak_bandwidth_gbps'), 'GB/s')}",
         f"- command: `{env.get('command', '?')}` at {env.get('started', '?')}",
     ]
+    if "timed_on" in env:
+        lines.append(f"- timed on: {', '.join(env['timed_on'])} (each speedup against the baseline timed on the "
+                     "same device)")
     lines += [f"- **warning: {warning}**" for warning in env.get("warnings", [])]
     lines += [f"- not timed: {name}: {why}" for name, why in env.get("not_timed", {}).items()]
     return lines + [""]
@@ -297,7 +300,9 @@ def summary_markdown(results, parity, env, charts, comparison=None, profile=None
             lines += [f"### {title}", "", table.to_markdown(index=False), ""]
     columns = ["implementation", "shape", "mode", "dtype", "p20_ms", "p50_ms", "p80_ms", "gbps",
                "fraction_of_peak", "peak_memory_mb", "speedup"]
-    if "core_share" in results:
+    if results["device"].nunique() > 1:  # spread over devices (python -m bench --devices): which timed the row
+        columns.insert(1, "device")
+    if results["core_share"].notna().any():  # whole models: the core share in place of bandwidth
         columns[columns.index("gbps"):columns.index("peak_memory_mb")] = ["core_share"]
     if not flagged.empty:
         columns.append("implausible")

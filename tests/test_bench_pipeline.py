@@ -81,6 +81,8 @@ def test_report_numbers_match_the_csv_and_charts_exist(quick_run):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
         assert f"]({png.name})" in summary
     assert "## Parity against the float64 reference" in summary and "copy bandwidth measured" in summary
+    all_rows = summary[summary.index("## All rows"):]
+    assert "fraction_of_peak" in all_rows and "core_share" not in all_rows  # an operator suite's columns
 
 
 def test_the_report_shows_the_ascend_c_kernels_emulated_counts_where_the_run_has_them(quick_run, tmp_path):
@@ -296,8 +298,15 @@ def test_reports_read_a_run_without_torch():
     ("--seconds", "-1", "--seconds must be >= 0, got -1.0"),
     ("--min-rounds", "0", "--min-rounds must be >= 1, got 0"),
     ("--max-rounds", "2", "--max-rounds must be >= min_rounds, got 2"),
+    ("--shape", "q20-G4D16", "--shape q20-G4D16: not in suite internimage-t (T-cls224-s1, "),
 ])
 def test_bad_timing_options_exit_2_naming_the_option(option, value, message, capsys):
     with pytest.raises(SystemExit) as exited:
         bench_main(["--device", "cpu", option, value])
     assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_shape_picks_the_suites_cases_to_time():
+    settings = timing.TimingSettings(suite="quick", shape=("q24-G4D16-rc", "q14-G2D8"))
+    assert [case.name for case in settings.cases] == ["q14-G2D8", "q24-G4D16-rc"]
+    assert [case.name for case in timing.TimingSettings(suite="quick").cases] == [case.name for case in SUITES["quick"]]

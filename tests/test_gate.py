@@ -136,15 +136,3 @@ def test_a_kernel_on_the_default_stream_fails_the_side_stream_case():
     finally:
         registry.remove("default_stream")
     assert rows.loc[~rows["side_stream"], "pass"].all() and not rows.loc[rows["side_stream"], "pass"].any()
-
-
-def test_two_workers_write_the_rows_one_worker_writes(tmp_path):
-    """The cases dealt out to two children at once (--workers 2): the same rows, in the same order."""
-    common = ["--device", "cpu", "--impl", "grid_sample", "optimized", "--dtype", "float32", "float16",
-              "--examples", "3", "--seed", "5"]
-    assert gate.main(common + ["--out", str(tmp_path / "one")]) == 0
-    assert gate.main(common + ["--workers", "2", "--out", str(tmp_path / "two")]) == 0
-    one, two = (pd.read_csv(tmp_path / name / "parity.csv") for name in ("one", "two"))
-    assert (one.groupby(["implementation", "dtype"])["case"].nunique() == len(REGRESSIONS) + 3).all()
-    assert len(one.groupby(["implementation", "dtype"])) == 4
-    pd.testing.assert_frame_equal(one, two)

@@ -73,7 +73,7 @@ def test_no_isolate_runs_in_this_process(monkeypatch):
     def no_children(*args, **kwargs):
         raise AssertionError("--no-isolate started a child process")
 
-    monkeypatch.setattr(runner, "isolated_in_parallel", no_children)
+    monkeypatch.setattr(runner, "isolated", no_children)
     assert gate.main(["--device", "cpu", "--impl", "grid_sample", "--dtype", "float32", "--examples", "0",
                       "--no-isolate"]) == 0
 

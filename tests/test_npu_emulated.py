@@ -12,6 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -330,3 +331,43 @@ def test_torch_npu_without_a_device_is_explained_in_one_sentence():
                   EMULATED_NPU_DEVICES="0")
     assert result.returncode == 1
     assert result.stderr == "bench-npu: no NPU: torch.npu.is_available() is False\n"
+
+
+@emulation_only
+def test_ascend_rt_visible_devices_narrows_the_emulated_host_as_cann_documents():
+    counts = {listed: _run("import torch; print(torch.npu.device_count())", EMULATED_NPU_DEVICES="8",
+                           ASCEND_RT_VISIBLE_DEVICES=listed).stdout.strip()
+              for listed in ("3", "1,2,3", "1, 2,3", "1,3,8", "5,2")}
+    assert counts == {"3": "1", "1,2,3": "3", "1, 2,3": "1", "1,3,8": "2", "5,2": "1"}
+
+
+@emulation_only
+def test_the_sweep_spread_over_two_npus_is_the_one_device_sweep_row_for_row(tmp_path, monkeypatch):
+    pytest.importorskip("xdist", reason="--devices spreads the sweep with pytest-xdist, not installed here")
+    options = ["--device", "npu", "--impl", "grid_sample", "optimized", "--dtype", "float32", "--examples", "3"]
+    assert gate.main([*options, "--no-isolate", "--out", str(tmp_path / "one")]) == 0
+    monkeypatch.setenv("EMULATED_NPU_DEVICES", "2")
+    assert gate.main([*options, "--devices", "all", "--out", str(tmp_path / "two")]) == 0
+    one, two = (pd.read_csv(tmp_path / run / "parity.csv") for run in ("one", "two"))
+    pd.testing.assert_frame_equal(two, one)
+    spread_line = (tmp_path / "two" / "parity.md").read_text()
+    assert "Spread over npu:0 (" in spread_line and ", npu:1 (" in spread_line
+
+
+@emulation_only
+def test_the_benchmark_spread_over_two_npus_times_each_shape_on_one_device_against_its_baseline(tmp_path, monkeypatch):
+    pytest.importorskip("xdist", reason="--devices spreads the benchmark with pytest-xdist, not installed here")
+    from bench import run as bench_run
+    from bench.shapes import SUITES
+
+    monkeypatch.setenv("EMULATED_NPU_DEVICES", "2")
+    assert bench_run.main(["--device", "npu", "--devices", "all", "--suite", "quick", "--impl", "grid_sample",
+                           "optimized", "--mode", "forward", "--seconds", "0.01", "--parity-examples", "0",
+                           "--out", str(tmp_path)]) == 0
+    rows = pd.read_csv(tmp_path / "results.csv")
+    assert set(rows["device"]) == {"npu:0", "npu:1"} and len(rows) == 2 * len(SUITES["quick"])
+    assert (rows.groupby("shape")["device"].nunique() == 1).all()
+    baseline = rows[rows["baseline"]].set_index("shape")
+    assert (baseline["speedup"] == 1.0).all()
+    for row in rows.itertuples():
+        assert row.speedup == pytest.approx(baseline.loc[row.shape, "p50_ms"] / row.p50_ms)

@@ -14,8 +14,22 @@ from types import SimpleNamespace
 from torch_npu.npu import utils  # noqa: F401  (torch_npu.npu.utils.get_cann_version)
 
 DEVICE_NAME = "Ascend910B3"
-# EMULATED_NPU_DEVICES=0: torch_npu loads but sees no device (a host whose driver lists none).
-DEVICES = int(os.environ.get("EMULATED_NPU_DEVICES", "1"))
+
+
+def _visible() -> int:
+    """Devices this process sees: the host's EMULATED_NPU_DEVICES (default 1; 0: torch_npu loads but sees
+    no device, a host whose driver lists none), narrowed by ASCEND_RT_VISIBLE_DEVICES as CANN documents it
+    (envref_07_0028): comma-separated ids in ascending order, read up to the first that is not a valid id."""
+    host = int(os.environ.get("EMULATED_NPU_DEVICES", "1"))
+    listed = os.environ.get("ASCEND_RT_VISIBLE_DEVICES")
+    if listed is None:
+        return host
+    ids: list[int] = []
+    for part in listed.split(","):
+        if not part.isdigit() or int(part) >= host or (ids and int(part) <= ids[-1]):
+            break
+        ids.append(int(part))
+    return len(ids)
 
 
 class _Conv:
@@ -28,7 +42,7 @@ conv = _Conv()
 
 
 def is_available() -> bool:
-    return DEVICES > 0
+    return _visible() > 0
 
 
 def is_initialized() -> bool:
@@ -40,7 +54,7 @@ def _is_in_bad_fork() -> bool:
 
 
 def device_count() -> int:
-    return DEVICES
+    return _visible()
 
 
 def current_device() -> int:
@@ -68,7 +82,7 @@ def _index(device) -> int:
 
 def _check(device) -> int:
     index = _index(device)
-    if not 0 <= index < DEVICES:
+    if not 0 <= index < _visible():
         raise AssertionError("Invalid device id")
     return index
 
