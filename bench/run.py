@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
 import platform
 import sys
 import time
@@ -37,11 +36,11 @@ from bench import spread as bench_spread
 from bench.records import CASE_KEYS, TimedCase
 from bench.shapes import is_model_suite
 from impls import devices, external
-from impls.cli import UsageError, dtype_name
+from impls.cli import UsageError
 from parity import runner, spread
 from parity.isolate import inline, isolated
 from parity.summary import markdown, publish, summarise
-from parity.thresholds import DEFAULT_PATH, Thresholds
+from parity.thresholds import Thresholds
 
 # Drawn parity cases for implementations that compile per shape (seconds each).
 COMPILED_PARITY_EXAMPLES = 2
@@ -114,9 +113,9 @@ def gate_implementations(implementations, dtypes, device, examples, out: Path, i
         results = runner.run(implementations, dtypes, cases, device, thresholds,
                              compiled_examples=COMPILED_PARITY_EXAMPLES, isolate=isolate, timeout=timeout)
     else:
-        sweep = spread.Sweep(device.type, [i.name for i in implementations], [dtype_name(d) for d in dtypes],
-                             COMPILED_PARITY_EXAMPLES, str(DEFAULT_PATH), list(impl_module), timeout, sys.path)
-        results, _ = spread.run(sweep, workers, implementations, dtypes, cases, thresholds)
+        sweep = spread.Sweep(device.type, [i.name for i in implementations], dtypes, cases, thresholds,
+                             COMPILED_PARITY_EXAMPLES, list(impl_module), timeout)
+        results, _ = spread.run(sweep, workers)
     summary = summarise(results)
     publish(markdown(summary, {}, f"# Parity before timing on {device}"), results, out, "parity",
             int((~results["pass"]).sum()))
@@ -221,8 +220,8 @@ def main(argv=None) -> int:
         return 1
 
     if workers is not None and device.type != "cpu":
-        timing_spread = bench_spread.Timing(device.type, [impl.name for impl in passing], asdict(settings),
-                                            args.impl_module or [], sys.path)
+        timing_spread = bench_spread.Timing(device.type, [impl.name for impl in passing], settings,
+                                            args.impl_module or [])
         records, benchmark_json, lost = bench_spread.run(timing_spread, workers)
         env["timed_on"] = sorted({record.device for record in records})
     else:

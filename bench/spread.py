@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -23,22 +23,22 @@ import pytest
 import impls
 from bench.records import TimedCase
 from bench.timing import TimingSettings, time_implementation
-from impls import devices, external
-from parity.spread import on_workers
+from impls import devices
+from parity.spread import last_line, on_workers, own_file, payload_of
 
 OPTION = "--bench-spread"
 
 
 @dataclass(frozen=True)
 class Timing:
-    """What every worker needs, passed on their command line as JSON."""
+    """What every worker times."""
 
     device_type: str
     implementations: list[str]  # the baseline first
-    settings: dict  # TimingSettings' fields
+    settings: TimingSettings
     impl_module: list[str]
     # The controller's sys.path: an --impl-module may need entries added after xdist froze its copy.
-    path: list[str]
+    path: list[str] = field(default_factory=lambda: list(sys.path))
 
 
 class Collector:
@@ -56,41 +56,35 @@ class Collector:
             self.machine = self.machine or reported["machine"]
             self.lost.update(reported["failures"])
         elif report.failed and "records" not in reported:
-            why = report.longreprtext.strip().splitlines()
-            self.lost[report.nodeid.split("::")[-1]] = f"the worker died on this shape ({why[-1] if why else '?'})"
+            self.lost[report.nodeid.split("::")[-1]] = f"the worker died on this shape ({last_line(report)})"
 
 
 def run(timing: Timing, workers: list[int]):
     """(records, pytest-benchmark's JSON record of them all, {what: what went wrong}) over the workers."""
     collector = Collector()
-    on_workers(Path(__file__), "bench.spread", OPTION, asdict(timing), timing.device_type, workers, collector)
+    on_workers(Path(__file__), "bench.spread", OPTION, timing, timing.device_type, workers, collector)
     benchmark_json = {**collector.machine, "benchmarks": collector.benchmarks}
     return [TimedCase(**record) for record in collector.records], benchmark_json, collector.lost
 
 
 def pytest_addoption(parser):
-    parser.addoption(OPTION, help="(internal) what a python -m bench --devices worker times, as JSON")
+    parser.addoption(OPTION, help="(internal) the file of what a python -m bench --devices worker times")
 
 
 def pytest_collect_file(file_path, parent):
-    if file_path == Path(__file__) and parent.config.getoption(OPTION):
-        return SuiteFile.from_parent(parent, path=file_path)
-    return None
+    return own_file(file_path, parent, OPTION, SuiteFile)
 
 
 class SuiteFile(pytest.File):
     def collect(self):
-        timing = Timing(**json.loads(self.config.getoption(OPTION)))
-        for case in TimingSettings(**_tuples(timing.settings)).cases:
+        for case in payload_of(self.config, OPTION).settings.cases:
             yield ShapeItem.from_parent(self, name=case.name)
 
 
 class ShapeItem(pytest.Item):
     def runtest(self):
-        timing = Timing(**json.loads(self.config.getoption(OPTION)))
-        sys.path[:] = timing.path
-        external.load(timing.impl_module)
-        settings = replace(TimingSettings(**_tuples(timing.settings)), shape=(self.name,))
+        timing = payload_of(self.config, OPTION)
+        settings = replace(timing.settings, shape=(self.name,))
         device, label = devices.resolve(timing.device_type), devices.pinned_label(timing.device_type)
         records, benchmarks, failures, machine = [], [], {}, {}
         for name in timing.implementations:
@@ -110,8 +104,3 @@ class ShapeItem(pytest.Item):
 def _plain(value):
     """`value` in the plain Python types execnet carries (numpy scalars as Python ones)."""
     return json.loads(json.dumps(value, default=lambda scalar: scalar.item()))
-
-
-def _tuples(settings: dict) -> dict:
-    """TimingSettings' fields back from JSON, whose lists were its tuples."""
-    return {key: tuple(value) if isinstance(value, list) else value for key, value in settings.items()}

@@ -196,8 +196,6 @@ def device_name(device: torch.device) -> str:
     return cpu_model() if module is None else module.get_device_name(device)
 
 
-
-
 # The variable that pins a process to some of the host's devices, read when the runtime starts: CUDA's
 # CUDA_VISIBLE_DEVICES, and CANN's ASCEND_RT_VISIBLE_DEVICES (CANN's environment-variable reference,
 # envref_07_0028: comma-separated device ids in ascending order; the process sees them as 0, 1, ...;

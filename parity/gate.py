@@ -85,6 +85,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         device = devices.resolve(args.device)
+        workers = None if args.devices is None else devices.worker_devices(device.type, args.devices)
         external.load(args.impl_module)
         implementations, skipped = runner.select_implementations(args.impl, device, skip_interpreted=bool(args.model))
         if not implementations:
@@ -102,16 +103,10 @@ def main(argv=None) -> int:
     cases = runner.sweep(args.examples, args.seed)
     started = time.perf_counter()
     where = ""
-    if args.devices is not None:
-        try:
-            workers = devices.worker_devices(device.type, args.devices)
-        except ValueError as error:
-            print(f"python -m parity: {error}", file=sys.stderr)
-            return 2
-        sweep = spread.Sweep(device.type, [i.name for i in implementations], [dtype_name(d) for d in dtypes],
-                             args.compiled_examples, str(args.thresholds), args.impl_module or [], args.timeout,
-                             sys.path)
-        results, per_device = spread.run(sweep, workers, implementations, dtypes, cases, thresholds)
+    if workers is not None:
+        sweep = spread.Sweep(device.type, [i.name for i in implementations], dtypes, cases, thresholds,
+                             args.compiled_examples, args.impl_module or [], args.timeout)
+        results, per_device = spread.run(sweep, workers)
         where = " Spread over " + ", ".join(f"{name} ({count} items)" for name, count in sorted(per_device.items())) + "."
     else:
         results = runner.run(implementations, dtypes, cases, device, thresholds,

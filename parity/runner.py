@@ -250,11 +250,11 @@ def failed_rows(impl, problem: Problem, index: int, dtypes, device_type: str, th
     return pd.DataFrame([row.row() for row in rows])
 
 
-def in_sweep_order(rows: pd.DataFrame, implementations, dtypes) -> pd.DataFrame:
-    """Rows in the order run() makes them: the baseline first, then implementation, case, dtype, the side
-    stream's after the default stream's, quantity."""
+def in_sweep_order(rows: pd.DataFrame, names: list[str], dtypes) -> pd.DataFrame:
+    """Rows of the implementations `names` in the order run() makes them: the baseline first, then
+    implementation, case, dtype, the side stream's after the default stream's, quantity."""
     base = impls.baseline().name
-    order = [base] + [impl.name for impl in implementations if impl.name != base]
+    order = [base] + [name for name in names if name != base]
     rank = {
         "implementation": {name: i for i, name in enumerate(order)},
         "dtype": {dtype_name(dtype): i for i, dtype in enumerate(dtypes)},

@@ -2,13 +2,18 @@
 
 One xdist worker per device, started with the device's visible-devices variable set (an execnet
 `popen//env:` spec, impls/devices.py VISIBLE_DEVICES), so that its runtime sees that one device, as
-index 0, from the start; on cpu the workers share the cores. Every worker collects the same items from
-the controller's drawn sweep, shipped to them in a file, one item per implementation and case, a case's items side by side: xdist's load
-scheduling hands out runs of consecutive items, so a worker mostly computes a case's float64 reference and
-the baseline's errors once for all implementations (runner.Memo). Not loadgroup, which would keep a case
-on one worker always: in pytest-xdist 3.8 its scheduler fails with an INTERNALERROR once a crashed worker
-is replaced (pytest-xdist issues #1189 and #1362), and a dying port is what this must survive. The controller merges the rows the items report in the sweep's order: the union over the
-workers is the single-process sweep, row for row.
+index 0, from the start; on cpu the workers share the cores. The controller ships the workers the cases
+it drew and its bounds (`on_workers`: one pickled file), rather than let each draw the sweep again:
+hypothesis mixes constants from the modules a process has loaded into what it draws, so one seed draws
+differently in another process.
+
+Every worker collects the same items, one per implementation and case, a case's items side by side:
+xdist's load scheduling hands out runs of consecutive items, so a worker mostly computes a case's
+float64 reference and the baseline's errors once for all implementations (runner.Memo). Not
+loadgroup, which would keep a case on one worker always: in pytest-xdist 3.8 its scheduler fails with
+an INTERNALERROR once a crashed worker is replaced (pytest-xdist issues #1189 and #1362), and a dying
+port is what this must survive. The controller merges the rows the items report in the sweep's order:
+the union over the workers is the single-process sweep, row for row.
 
 A worker that dies (a segfault, an abort) or outlives the per-case time limit (faulthandler ends it)
 costs the item it was on: that implementation's rows of that case come back failing, saying so, and
@@ -18,13 +23,12 @@ xdist starts a new worker on the same device for the rest.
 from __future__ import annotations
 
 import faulthandler
-import json
 import pickle
 import re
 import sys
 import tempfile
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +37,8 @@ import pytest
 
 import impls
 from impls import devices, external
-from impls.cli import DTYPES
 from parity import runner
+from parity.problems import Problem
 from parity.thresholds import Thresholds
 
 OPTION = "--parity-spread"
@@ -43,17 +47,61 @@ ITEM = re.compile(r"::(?P<impl>.+)\[case(?P<case>\d+)\]")
 
 @dataclass(frozen=True)
 class Sweep:
-    """What every worker needs to collect and run the sweep, passed on their command line as JSON."""
+    """What every worker runs: the controller's cases, implementations, dtypes and bounds."""
 
     device_type: str
     implementations: list[str]
-    dtypes: list[str]
+    dtypes: list
+    cases: list[Problem]
+    thresholds: Thresholds
     compiled_examples: int | None
-    thresholds: str
     impl_module: list[str]
     timeout: float
     # The controller's sys.path: an --impl-module may need entries added after xdist froze its copy.
-    path: list[str]
+    path: list[str] = field(default_factory=lambda: list(sys.path))
+
+
+def on_workers(items: Path, plugin: str, option: str, payload, device_type: str, workers: list[int | None],
+               collector) -> None:
+    """Run the items that `plugin` collects from the file `items` on pytest-xdist workers pinned to
+    `workers` (impls/devices.py), handing them `payload` (`option` names its pickled file: payload_of
+    reads it there) and `collector` seeing their reports here. pytest-benchmark stays off: where a
+    worker times, it runs a session of its own (bench/spread.py)."""
+    specs = [f"--tx={spec}" for spec in devices.xdist_workers(device_type, workers)]
+    with tempfile.TemporaryDirectory(prefix="dcnv3-spread-") as scratch:
+        handed = Path(scratch) / "payload.pickle"
+        handed.write_bytes(pickle.dumps(payload))
+        status = pytest.main([str(items), "-p", plugin, "-p", "no:cacheprovider", "-p", "no:benchmark", "-q",
+                              "--no-header", "--dist", "load", *specs, f"{option}={handed}"], plugins=[collector])
+    if status not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):  # failed items: a worker died on them
+        raise RuntimeError(f"the pytest-xdist run of {items.name} stopped: {pytest.ExitCode(status).name}")
+
+
+_PAYLOADS: dict = {}
+
+
+def payload_of(config, option: str):
+    """In a worker: the payload on_workers handed it, read once; its sys.path and --impl-module as the
+    controller's."""
+    if option not in _PAYLOADS:
+        payload = pickle.loads(Path(config.getoption(option)).read_bytes())
+        sys.path[:] = payload.path
+        external.load(payload.impl_module)
+        _PAYLOADS[option] = payload
+    return _PAYLOADS[option]
+
+
+def own_file(file_path, parent, option: str, kind):
+    """pytest_collect_file for a plug-in that collects its own module: `kind` for it where `option` is set."""
+    if file_path == Path(sys.modules[kind.__module__].__file__) and parent.config.getoption(option):
+        return kind.from_parent(parent, path=file_path)
+    return None
+
+
+def last_line(report) -> str:
+    """What a failed report says last: for a worker that died, xdist's 'worker ... crashed while running ...'."""
+    lines = report.longreprtext.strip().splitlines()
+    return lines[-1] if lines else "no report"
 
 
 class Collector:
@@ -71,58 +119,35 @@ class Collector:
             self.items_per_device[reported["device"]] += 1
         elif report.failed and "rows" not in reported:
             item = ITEM.search(report.nodeid)
-            why = report.longreprtext.strip().splitlines()
-            self.lost.append((item["impl"], int(item["case"]), why[-1] if why else "no report"))
+            self.lost.append((item["impl"], int(item["case"]), last_line(report)))
 
 
-def on_workers(items: Path, plugin: str, option: str, payload: dict, device_type: str, workers: list[int | None],
-               collector) -> None:
-    """Run the items that `plugin` collects from the file `items` (given `option`=JSON of `payload`) on
-    pytest-xdist workers pinned to `workers` (impls/devices.py), `collector` seeing their reports here.
-    pytest-benchmark stays off: where a worker times, it runs a session of its own (bench/spread.py)."""
-    specs = [f"--tx={spec}" for spec in devices.xdist_workers(device_type, workers)]
-    status = pytest.main([str(items), "-p", plugin, "-p", "no:cacheprovider", "-p", "no:benchmark", "-q",
-                          "--no-header", "--dist", "load", *specs, f"{option}={json.dumps(payload)}"],
-                         plugins=[collector])
-    if status not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):  # failed items: a worker died on them
-        raise RuntimeError(f"the pytest-xdist run of {items.name} stopped: {pytest.ExitCode(status).name}")
-
-
-def run(sweep: Sweep, workers: list[int | None], implementations, dtypes, cases, thresholds) -> tuple[pd.DataFrame, Counter]:
-    """The rows of `cases`, in the single-process order, and how many items each device ran."""
+def run(sweep: Sweep, workers: list[int | None]) -> tuple[pd.DataFrame, Counter]:
+    """The rows of the sweep's cases, in the single-process order, and how many items each device ran."""
     collector = Collector()
-    # The workers take the cases drawn here rather than draw them again: hypothesis mixes constants from
-    # the modules a process has loaded into what it draws, so one seed draws differently elsewhere.
-    with tempfile.TemporaryDirectory(prefix="parity-spread-") as scratch:
-        drawn = Path(scratch) / "cases.pickle"
-        drawn.write_bytes(pickle.dumps(cases))
-        on_workers(Path(__file__), "parity.spread", OPTION, {**asdict(sweep), "cases": str(drawn)},
-                   sweep.device_type, workers, collector)
+    on_workers(Path(__file__), "parity.spread", OPTION, sweep, sweep.device_type, workers, collector)
     rows = pd.DataFrame(collector.rows)
-    lost = [runner.failed_rows(next(i for i in implementations if i.name == name), cases[case], case, dtypes,
-                               sweep.device_type, thresholds, f"the worker died on this case ({why})")
+    lost = [runner.failed_rows(impls.get(name), sweep.cases[case], case, sweep.dtypes, sweep.device_type,
+                               sweep.thresholds, f"the worker died on this case ({why})")
             for name, case, why in collector.lost]
     rows = pd.concat([rows, *lost], ignore_index=True) if lost else rows
-    return runner.in_sweep_order(rows, implementations, dtypes), collector.items_per_device
+    return runner.in_sweep_order(rows, sweep.implementations, sweep.dtypes), collector.items_per_device
 
 
 def pytest_addoption(parser):
-    parser.addoption(OPTION, help="(internal) the sweep a python -m parity --devices worker runs, as JSON")
+    parser.addoption(OPTION, help="(internal) the file of the sweep a python -m parity --devices worker runs")
 
 
 def pytest_collect_file(file_path, parent):
-    if file_path == Path(__file__) and parent.config.getoption(OPTION):
-        return SweepFile.from_parent(parent, path=file_path)
-    return None
+    return own_file(file_path, parent, OPTION, SweepFile)
 
 
 class SweepFile(pytest.File):
     def collect(self):
-        sweep, cases = _payload(self.config)
-        state = _worker(sweep, cases)
-        for index in range(len(state["cases"])):
-            for impl in state["implementations"]:
-                yield SweepItem.from_parent(self, name=f"{impl.name}[case{index}]", impl=impl, index=index)
+        sweep = payload_of(self.config, OPTION)
+        for index in range(len(sweep.cases)):
+            for name in sweep.implementations:
+                yield SweepItem.from_parent(self, name=f"{name}[case{index}]", impl=impls.get(name), index=index)
 
 
 class SweepItem(pytest.Item):
@@ -131,12 +156,11 @@ class SweepItem(pytest.Item):
         self.impl, self.index = impl, index
 
     def runtest(self):
-        sweep, cases = _payload(self.config)
-        state = _worker(sweep, cases)
+        sweep, state = payload_of(self.config, OPTION), _worker(self.config)
         # A hang in a kernel holds the interpreter too: faulthandler's own thread ends the worker.
         faulthandler.dump_traceback_later(sweep.timeout, exit=True)
         try:
-            rows = runner.run([self.impl], state["dtypes"], state["cases"], state["device"], state["thresholds"],
+            rows = runner.run([self.impl], sweep.dtypes, sweep.cases, state["device"], sweep.thresholds,
                               compiled_examples=sweep.compiled_examples, progress=False, isolate=False,
                               indices={self.index}, memo=state["memo"])
         finally:
@@ -153,25 +177,10 @@ class SweepItem(pytest.Item):
 _STATE: dict = {}
 
 
-def _payload(config) -> tuple[Sweep, str]:
-    """The sweep a worker was given, and the file of its cases."""
-    payload = json.loads(config.getoption(OPTION))
-    cases = payload.pop("cases")
-    return Sweep(**payload), cases
-
-
-def _worker(sweep: Sweep, cases: str) -> dict:
-    """A worker's implementations, dtypes, cases, device and memo: built once, on first use."""
+def _worker(config) -> dict:
+    """A worker's device, its label and the memo its items share: made once, on first use."""
     if not _STATE:
-        sys.path[:] = sweep.path
-        external.load(sweep.impl_module)
-        _STATE.update(
-            implementations=[impls.get(name) for name in sweep.implementations],
-            dtypes=[DTYPES[name] for name in sweep.dtypes],
-            cases=pickle.loads(Path(cases).read_bytes()),
-            device=devices.resolve(sweep.device_type),
-            thresholds=Thresholds.load(Path(sweep.thresholds)),
-            memo=runner.Memo({}, {}),
-            label=devices.pinned_label(sweep.device_type),
-        )
+        device_type = payload_of(config, OPTION).device_type
+        _STATE.update(device=devices.resolve(device_type), memo=runner.Memo({}, {}),
+                      label=devices.pinned_label(device_type))
     return _STATE
