@@ -91,10 +91,12 @@ def pytest_generate_tests(metafunc):
         # Tests marked `compiling` take the implementations that compile per shape
         # (seconds each); the hypothesis property tests take all the others, those
         # marked `interpreted` the ones running in an interpreter here, `native` the rest.
-        marked = {m: metafunc.definition.get_closest_marker(m) is not None for m in ("compiling", "interpreted", "native")}
+        # Those marked `gradients` leave out implementations with no backward.
+        marked = {m: metafunc.definition.get_closest_marker(m) is not None
+                  for m in ("compiling", "interpreted", "native", "gradients")}
 
         def wanted(impl) -> bool:
-            if impl.compiles_per_shape != marked["compiling"]:
+            if impl.compiles_per_shape != marked["compiling"] or (marked["gradients"] and impl.forward_only):
                 return False
             if marked["interpreted"] or marked["native"]:
                 return impl.interpreted() == marked["interpreted"]
@@ -131,7 +133,8 @@ def timing_request_of(config) -> timing.TimingRequest:
 
 def parametrize_benchmarks(metafunc, fixture: str):
     """`bench_case` takes an operator suite's shapes, `model_case` a model suite's backbones; each is
-    empty (and skipped) for the other kind of suite."""
+    empty (and skipped) for the other kind of suite. Implementations with no backward take the forward
+    mode only."""
     request = timing_request_of(metafunc.config)
     settings = request.settings
     shapes = settings.cases if is_model_suite(settings.suite) == (fixture == "model_case") else []
@@ -142,6 +145,7 @@ def parametrize_benchmarks(metafunc, fixture: str):
         for mode in settings.modes
         for name in request.implementations
         if name != "reference" and impls.get(name).supports(dtype)
+        and (mode == "forward" or not impls.get(name).forward_only)
     ]
     clock = pytest.mark.benchmark(timer=instruments.synchronised_timer(request.device))
     metafunc.parametrize(fixture, [pytest.param(case, marks=clock) for case in cases],

@@ -60,18 +60,23 @@ def python(session: nox.Session, *args, **kwargs):
     return session.run(PYTHON, *args, external=True, **kwargs)
 
 
-def install_needs(session: nox.Session, *extra: str) -> None:
-    """The harness's dependencies except torch, into the interpreter running nox."""
+def install_needs(session: nox.Session, *extra: str, deploy: bool = False) -> None:
+    """The harness's dependencies except torch, into the interpreter running nox; with deploy, the
+    deployment runtimes too (pyproject's `deploy` extra: CPU wheels, so for CPU runs)."""
     if importlib.util.find_spec("torch") is None:  # nox runs in PYTHON: the same interpreter
         session.error(f"nox runs under {PYTHON}, which cannot import torch: install torch there, "
                       "or run `python -m nox` with the Python that has it")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     needs = [d for d in project["dependencies"] if not d.replace(" ", "").startswith("torch")]
+    needs += project["optional-dependencies"]["deploy"] if deploy else []
     python(session, "-m", "pip", "install", "--quiet", *needs, *extra)
 
 
 def run_bench(session: nox.Session, device: str) -> None:
-    """Parity gate, benchmark and report into reports/<device>-<timestamp>/."""
+    """Parity gate, benchmark and report into reports/<device>-<timestamp>/; on cpu with ONNX Runtime and
+    OpenVINO among the implementations, for whoever deploys there."""
+    if device == "cpu":
+        install_needs(session, deploy=True)
     # Device, versions, timing warnings and implementations; one sentence and exit 1 where the device is absent.
     python(session, "-m", "bench.preflight", "--device", device)
     out = f"reports/{device}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -92,7 +97,7 @@ def tests(session: nox.Session) -> None:
     (hypothesis profile `ci`, bounded and derandomized, unless HYPOTHESIS_PROFILE names another).
 
     The Triton kernel takes part through Triton's CPU interpreter."""
-    install_needs(session)
+    install_needs(session, deploy=True)
     install_triton_unless_present(session)
     interpreter = {"TRITON_INTERPRET": "1"}
     # The gate as CI runs it: every regression problem and GATE_EXAMPLES drawn ones (the

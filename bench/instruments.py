@@ -5,6 +5,7 @@ names. Which devices exist and how to synchronise them is impls/devices.py's."""
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import os
 import re
 import time
@@ -147,8 +148,13 @@ class PeakMemory:
 
 
 def versions() -> dict[str, str]:
-    """torch, and torch_npu and CANN where torch_npu imports."""
+    """torch, torch_npu and CANN where torch_npu imports, and the deployment runtimes where installed."""
     found = {"torch": torch.__version__}
+    for runtime in ("onnxruntime", "openvino"):
+        try:
+            found[runtime] = importlib.metadata.version(runtime)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     if torch.version.cuda:
         found["cuda"] = torch.version.cuda
     if devices.torch_npu_import_error() is None:

@@ -214,6 +214,7 @@ def main(argv=None) -> int:
     for name, why in failed.items():
         print(f"not timed: {name} failed parity ({why})")
     env["not_timed"] = {**skipped, **{name: f"failed parity: {why}" for name, why in failed.items()}}
+    env["forward_only"] = [impl.name for impl in passing if impl.forward_only]
     if not passing:
         (out / "environment.json").write_text(json.dumps(env, indent=2))
         print("python -m bench: no implementation passed parity; nothing timed", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""DCNv3 on DCNv2 kernels: one mapping of (offset, mask, params) to the layouts they take.
+"""DCNv3 on DCNv2 kernels and deployment runtimes: one mapping of (offset, mask, params) to the layouts they take.
 
 The DCNv3 core op is a modulated deformable convolution with a depthwise
 weight of ones and one deformable group per DCNv3 group (../shared/DCNv3.md,
@@ -75,16 +75,51 @@ def to_dcnv2(input: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, para
     return Dcnv2Operands(input.permute(0, 3, 1, 2), dx, dy, weights, weight)
 
 
-def torchvision_arguments(input, offset, mask, params: DCNv3Params) -> dict:
-    """Keyword arguments of torchvision.ops.deform_conv2d: offset holds (dy, dx) pairs per point."""
+@dataclass(frozen=True)
+class DeformConvOperands:
+    """The layout torchvision's deform_conv2d, ONNX's DeformConv (opset 19) and OpenVINO's
+    DeformableConvolution (opset 8, with bilinear_interpolation_pad) share. input: NCHW; offset:
+    [N, 2*G*K, Ho, Wo] holding (dy, dx) pairs per row-major point; mask: [N, G*K, Ho, Wo]."""
+
+    input: torch.Tensor
+    offset: torch.Tensor
+    mask: torch.Tensor
+    weight: torch.Tensor
+
+
+def deform_conv_operands(input, offset, mask, params: DCNv3Params) -> DeformConvOperands:
     ops = to_dcnv2(input, offset, mask, params)
     batch, group, points, out_h, out_w = ops.dx.shape
     pairs = torch.stack([ops.dy, ops.dx], dim=3).reshape(batch, group * points * 2, out_h, out_w)
+    return DeformConvOperands(ops.input, pairs, ops.mask.reshape(batch, group * points, out_h, out_w), ops.weight)
+
+
+def torchvision_arguments(input, offset, mask, params: DCNv3Params) -> dict:
+    """Keyword arguments of torchvision.ops.deform_conv2d, in its prototype's order."""
+    ops = deform_conv_operands(input, offset, mask, params)
     return dict(
-        input=ops.input, offset=pairs, weight=ops.weight, bias=None,
+        input=ops.input, offset=ops.offset, weight=ops.weight, bias=None,
         stride=(params.stride_h, params.stride_w), padding=(params.pad_h, params.pad_w),
-        dilation=(params.dilation_h, params.dilation_w),
-        mask=ops.mask.reshape(batch, group * points, out_h, out_w),
+        dilation=(params.dilation_h, params.dilation_w), mask=ops.mask,
+    )
+
+
+def onnx_attributes(params: DCNv3Params) -> dict:
+    """ONNX DeformConv's attributes (pads: top, left, bottom, right) for a depthwise weight of ones."""
+    return dict(
+        kernel_shape=[params.kernel_h, params.kernel_w], strides=[params.stride_h, params.stride_w],
+        pads=[params.pad_h, params.pad_w, params.pad_h, params.pad_w],
+        dilations=[params.dilation_h, params.dilation_w], group=params.channels, offset_group=params.group,
+    )
+
+
+def openvino_attributes(params: DCNv3Params) -> dict:
+    """OpenVINO opset8.deformable_convolution's keyword arguments; bilinear_interpolation_pad makes a
+    sample outside the image fade to zero over one pixel, as DCNv3's zero padding does."""
+    return dict(
+        strides=[params.stride_h, params.stride_w], pads_begin=[params.pad_h, params.pad_w],
+        pads_end=[params.pad_h, params.pad_w], dilations=[params.dilation_h, params.dilation_w],
+        group=params.channels, deformable_group=params.group, bilinear_interpolation_pad=True,
     )
 
 

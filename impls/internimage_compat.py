@@ -47,7 +47,8 @@ def _chosen(input: torch.Tensor, offset, mask, params: DCNv3Params) -> Implement
     name = os.environ.get(IMPL_VARIABLE, "auto")
     if name == "auto":
         validate(input, offset, mask, params)
-        impl, why = auto(input.device, input.dtype), "the best available"
+        # InternImage's DCNv3Function calls the backward with the same choice: never a forward-only one.
+        impl, why = auto(input.device, input.dtype, backward=True), "the best available"
     else:
         try:
             impl = get(name)
@@ -91,6 +92,8 @@ def dcnv3_backward(input, offset, mask, kernel_h, kernel_w, stride_h, stride_w, 
     if grad_output.dtype != input.dtype or grad_output.device != input.device:
         raise ValueError(f"grad_output must be {input.dtype} on {input.device} like input, "
                          f"got {grad_output.dtype} on {grad_output.device}")
+    if impl.forward_only:
+        raise ValueError(f"{IMPL_VARIABLE}={impl.name}: {impl.name} has no backward")
     if impl.gradients is not None:
         return list(impl.gradients(grad_output, input, offset, mask, params.scalars()))
     leaves = [t.detach().requires_grad_() for t in (input, offset, mask)]

@@ -56,6 +56,9 @@ class Implementation:
     # Where the kernel has a backward of its own: callers holding no autograd graph (InternImage's
     # DCNv3 extension interface, impls/internimage_compat.py) need not run the forward again.
     gradients: Gradients | None = field(default=None, repr=False)
+    # No backward (a deployment runtime): the gate checks its output only, the benchmark times its forward
+    # only, and "auto" never picks it for tensors that need a gradient.
+    forward_only: bool = False
     description: str = ""
     # The `package.module:Name` it was loaded from (impls/external.py), so a child process can load it again.
     origin: str = ""
@@ -87,6 +90,9 @@ class Implementation:
         reason = self.unavailable_reason(input.device)
         if reason is not None:
             raise ValueError(f"input is on {input.device}, where {reason}")
+        if self.forward_only and needs_gradient(input, offset, mask):
+            raise ValueError(f"{self.name} has no backward: call it under torch.no_grad() or on input, offset "
+                             "and mask that do not require grad")
         return self.fn(input, offset, mask, params)
 
 
@@ -105,6 +111,7 @@ def register(
     compiles_per_shape: bool = False,
     interpreted: Callable[[], bool] = lambda: False,
     gradients: Gradients | None = None,
+    forward_only: bool = False,
 ) -> Callable[[Kernel], Implementation]:
     """Decorator: register `fn(input, offset, mask, params)` as implementation `name`."""
 
@@ -120,6 +127,7 @@ def register(
             compiles_per_shape=compiles_per_shape,
             interpreted=interpreted,
             gradients=gradients,
+            forward_only=forward_only,
             description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
         )
         add(impl)
@@ -193,13 +201,20 @@ def baseline() -> Implementation:
     return next(impl for impl in _REGISTRY.values() if impl.baseline)
 
 
-def auto(device: torch.device, dtype: torch.dtype) -> Implementation:
-    """The highest-priority implementation available on device for dtype, interpreters excluded."""
+def needs_gradient(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def auto(device: torch.device, dtype: torch.dtype, backward: bool = False) -> Implementation:
+    """The highest-priority implementation available on device for dtype, interpreters excluded, and
+    forward-only ones too where a backward will be needed."""
     load_plugins()
     candidates = [
         impl for impl in _REGISTRY.values()
         if impl.supports(dtype) and not impl.interpreted() and impl.available(device)
+        and not (backward and impl.forward_only)
     ]
     if not candidates:
-        raise ValueError(f"input dtype {dtype} is not supported by any implementation available on {device}")
+        needed = " with a backward" if backward else ""
+        raise ValueError(f"input dtype {dtype} is not supported by any implementation{needed} available on {device}")
     return max(candidates, key=lambda impl: impl.priority)

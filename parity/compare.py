@@ -95,11 +95,17 @@ def plain_call(impl: Implementation, leaves, params) -> torch.Tensor:
     return impl(*leaves, params)
 
 
+def quantities_of(impl: Implementation) -> tuple[str, ...]:
+    """What the gate checks of impl: the output alone where it has no backward."""
+    return QUANTITIES[:1] if impl.forward_only else QUANTITIES
+
+
 def _run(impl, leaves, grad_output, problem, quantities, call=plain_call):
-    leaves = [t.detach().requires_grad_() for t in leaves]
+    gradients = bool(set(quantities) - {"output"})
+    leaves = [t.detach().requires_grad_(gradients) for t in leaves]
     output = call(impl, leaves, problem.params)
     result = {"output": output}
-    if set(quantities) - {"output"}:
+    if gradients:
         grads = torch.autograd.grad(output, leaves, grad_output)
         result.update(zip(QUANTITIES[1:], grads))
         if problem.smooth:
@@ -158,7 +164,9 @@ def assert_matches_reference(impl: Implementation, problem: Problem, dtype: torc
                              quantities=None, thresholds: Thresholds | None = None) -> None:
     """Each quantity within its per-case bound: the baseline runs on the same inputs, on the same device."""
     thresholds = thresholds or Thresholds.load()
-    asked = quantities or QUANTITIES
+    asked = [q for q in quantities or QUANTITIES if q in quantities_of(impl)]
+    if not asked:
+        raise ValueError(f"{impl.name} has no backward: none of {', '.join(quantities)} can be checked")
     truth = expected(problem, dtype, asked)
     actual = evaluate(impl, problem, dtype, device, asked)
     yardstick = actual if impl.baseline else evaluate(baseline(), problem, dtype, device, asked)

@@ -5,6 +5,7 @@
                      [--devices all|N|0,3,5]   (one pytest-xdist worker per device; parity/spread.py)
                      [--impl-module package.module:Name ...]   (your own kernel; impls/external.py)
     python -m parity --model internimage-t [--size 224] [--batch 1] ...   (a whole backbone; parity/model.py)
+    python -m parity --export onnx [--model internimage-mini] ...   (the ONNX round trip; parity/export.py)
 
 Writes DIR/parity.csv (one row per implementation, dtype, quantity and case:
 its errors, the baseline's on the same case and the bounds they set) and
@@ -24,10 +25,11 @@ from pathlib import Path
 
 import torch
 
+import impls
 from impls import devices, external, internimage
 from impls.cli import DTYPES, UsageError, dtype_name
 from parity import model as model_parity
-from parity import runner, spread
+from parity import export, runner, spread
 from parity.regressions import REGRESSIONS
 from parity.summary import markdown, publish, summarise
 from parity.thresholds import DEFAULT_PATH, Thresholds
@@ -62,6 +64,9 @@ def parse_args(argv):
                        help=f"check a whole backbone instead: internimage-{{{','.join(c.lower() for c in internimage.CONFIGS)}}}")
     model.add_argument("--size", type=int, help="image side (default: the model's classification size)")
     model.add_argument("--batch", type=int, default=1, help="images (default 1)")
+    model.add_argument("--export", choices=export.FORMATS,
+                       help="export the backbone (default internimage-mini) and check ONNX Runtime's run of the "
+                            "file against PyTorch instead (parity/export.py)")
     args = parser.parse_args(argv)
     if args.examples < 0:
         parser.error("--examples must be >= 0")
@@ -69,6 +74,12 @@ def parse_args(argv):
         parser.error("--timeout must be > 0")
     if args.devices is not None and (args.model is not None or ":" in args.device):
         parser.error("--devices spreads the case sweep of one device type: not with --model or an index in --device")
+    if args.export is not None:
+        if args.model is None:
+            args.model = "internimage-mini"
+        reason = impls.get("onnxruntime").unavailable_reason("cpu")
+        if reason is not None:
+            parser.error(f"--export onnx needs ONNX Runtime: {reason} (pip install 'dcnv3-harness[deploy]')")
     if args.model is not None:
         try:
             args.model = internimage.named(args.model.removeprefix("internimage-"))
@@ -83,6 +94,8 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.export is not None:
+        return export.main(args)
     try:
         device = devices.resolve(args.device)
         workers = None if args.devices is None else devices.worker_devices(device.type, args.devices)

@@ -70,8 +70,13 @@ def rule() -> dict:
         return tomllib.load(handle)
 
 
-def quantities(model: torch.nn.Module, image: torch.Tensor, cotangents: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The four stage outputs and the gradients of the image and every parameter, float64 on the host."""
+def quantities(model: torch.nn.Module, image: torch.Tensor, cotangents: list[torch.Tensor],
+               outputs_only: bool = False) -> dict[str, torch.Tensor]:
+    """The four stage outputs and the gradients of the image and every parameter (the outputs alone with
+    outputs_only), float64 on the host."""
+    if outputs_only:
+        with torch.no_grad():
+            return {f"output.s{stage + 1}": out.cpu().to(torch.float64) for stage, out in enumerate(model(image))}
     image = image.detach().requires_grad_()
     named = list(model.named_parameters())
     outputs = model(image)
@@ -103,7 +108,8 @@ def problem(config: internimage.Config, size: int, batch: int, seed: int):
 
 def run(implementations, dtypes, device, config: internimage.Config, size: int, batch: int, seed: int,
         progress=None) -> pd.DataFrame:
-    """Rows for the baseline and every implementation x dtype, each tensor against the float64 truth;
+    """Rows for the baseline and every implementation x dtype, each tensor against the float64 truth (the
+    stage outputs alone for an implementation with no backward);
     a family's bound is `factor` x the baseline's worst error in it at the same dtype, at least the
     dtype's floor (flash-attention's rule, per family)."""
     truth_model, image, cotangents = problem(config, size, batch, seed)
@@ -117,7 +123,9 @@ def run(implementations, dtypes, device, config: internimage.Config, size: int, 
             model = copy.deepcopy(truth_model).set_impl(impl.name).to(device=device, dtype=dtype)
             started = time.perf_counter()
             try:
-                actual, error = quantities(model, image.to(device, dtype), [c.to(device, dtype) for c in cotangents]), ""
+                actual = quantities(model, image.to(device, dtype), [c.to(device, dtype) for c in cotangents],
+                                    outputs_only=impl.forward_only)
+                error = ""
             except Exception as exception:  # a kernel that raises fails its rows; the gate goes on
                 actual, error = None, devices.describe(exception)
             seconds = time.perf_counter() - started
@@ -127,7 +135,7 @@ def run(implementations, dtypes, device, config: internimage.Config, size: int, 
                 "tensor": tensor, "family": family(tensor),
                 "rel_l2": float("inf") if actual is None else relative_l2(actual[tensor], reference),
                 "seconds": seconds, "error": error,
-            } for tensor, reference in truth.items()]
+            } for tensor, reference in truth.items() if not impl.forward_only or tensor.startswith("output.")]
             if progress:
                 progress(f"{impl.name} {dtype_name(dtype)}: {seconds:.1f} s" + (f", raised {error}" if error else ""))
     results = pd.DataFrame(rows)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 import impls
 from impls import devices
 from impls.cli import UsageError, dtype_name
-from parity.compare import QUANTITIES, differences, evaluate, evaluate_on_side_stream, expected, judge
+from parity.compare import QUANTITIES, differences, evaluate, evaluate_on_side_stream, expected, judge, quantities_of
 from parity.isolate import inline, isolated
 from parity.problems import Problem
 from parity.regressions import REGRESSIONS
@@ -143,7 +143,8 @@ class Run(NamedTuple):
 def parity_task(impl, item: Run, device) -> dict:
     """impl's quantities on one Run, as float64 arrays (they pickle by value)."""
     evaluation = evaluate_on_side_stream if item.side_stream else evaluate
-    return {q: value.numpy() for q, value in evaluation(impl, item.problem, item.dtype, device).items()}
+    quantities = quantities_of(impl)
+    return {q: value.numpy() for q, value in evaluation(impl, item.problem, item.dtype, device, quantities).items()}
 
 
 class Memo(NamedTuple):
@@ -223,7 +224,8 @@ def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled
                 yardsticks[index, dtype] = None if actual is None else {q: differences(actual[q], truth[q]) for q in truth}
             if impl.name not in checked:
                 continue
-            judged = judge(impl.name, dtype, actual, truth, yardsticks.get((index, dtype)), thresholds)
+            checked_truth = {q: truth[q] for q in quantities_of(impl) if q in truth}
+            judged = judge(impl.name, dtype, actual, checked_truth, yardsticks.get((index, dtype)), thresholds)
             case_rows = [
                 ParityRow(impl.name, device.type, dtype_name(dtype), quantity, index, on_side_stream, verdict,
                           problem.label() + (" (side stream)" if on_side_stream else ""), outcome.error,
@@ -246,7 +248,8 @@ def failed_rows(impl, problem: Problem, index: int, dtypes, device_type: str, th
     rows = [ParityRow(impl.name, device_type, dtype_name(dtype), quantity, index, False, verdict, problem.label(),
                       error, problem.describe())
             for dtype in filter(impl.supports, dtypes)
-            for quantity, verdict in judge(impl.name, dtype, None, dict.fromkeys(QUANTITIES), None, thresholds).items()]
+            for quantity, verdict in judge(impl.name, dtype, None, dict.fromkeys(quantities_of(impl)), None,
+                                           thresholds).items()]
     return pd.DataFrame([row.row() for row in rows])
 
 

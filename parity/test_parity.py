@@ -48,8 +48,8 @@ def property_test(quantities, smooth: bool | None = None, examples: int | None =
 INTERPRETED_EXAMPLES = max(settings.default.max_examples // 3, 1)
 FORWARD, GRADIENTS, OFFSET = ["output"], ["grad_input", "grad_mask"], ["grad_offset"]
 test_forward_matches_reference = pytest.mark.native(property_test(FORWARD))
-test_input_and_mask_gradients_match_reference = pytest.mark.native(property_test(GRADIENTS))
-test_offset_gradient_matches_reference = pytest.mark.native(property_test(OFFSET, smooth=True))
+test_input_and_mask_gradients_match_reference = pytest.mark.gradients(pytest.mark.native(property_test(GRADIENTS)))
+test_offset_gradient_matches_reference = pytest.mark.gradients(pytest.mark.native(property_test(OFFSET, smooth=True)))
 test_interpreted_matches_reference = pytest.mark.interpreted(
     property_test(FORWARD + GRADIENTS + OFFSET, examples=INTERPRETED_EXAMPLES, regressions=False))
 
@@ -57,5 +57,6 @@ test_interpreted_matches_reference = pytest.mark.interpreted(
 @pytest.mark.compiling
 @pytest.mark.parametrize("name", [name for name, problem in REGRESSIONS.items() if problem.smooth])
 def test_compiling_implementations_on_regressions(impl, dtype, device, name):
-    """Implementations that compile per shape (seconds each): every quantity on the smooth regression problems."""
+    """Implementations that compile per shape (seconds each): every quantity they have on the smooth regression
+    problems."""
     check(impl, dtype, device, REGRESSIONS[name], ["output", "grad_input", "grad_offset", "grad_mask"])

@@ -114,8 +114,9 @@ def geometric_mean_speedups(results: pd.DataFrame) -> pd.DataFrame:
     return table[[m for m in MODES if m in table.columns]].reset_index()
 
 
-def speedup_tables(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """Per dtype and mode: shapes down, implementations across, 'p50 ms (speedup x)' cells."""
+def speedup_tables(results: pd.DataFrame, forward_only=()) -> list[tuple[str, pd.DataFrame]]:
+    """Per dtype and mode: shapes down, implementations across, 'p50 ms (speedup x)' cells; the columns of
+    `forward_only` implementations say so in the other modes."""
     order = implementations_in_order(results)
     tables = []
     for (dtype, mode), part in results.groupby(["dtype", "mode"], sort=False):
@@ -125,6 +126,9 @@ def speedup_tables(results: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         ])
         table = cells.pivot(index="shape", columns="implementation", values="cell")
         table = table.reindex(index=part["shape"].unique(), columns=[i for i in order if i in table.columns])
+        absent = [name for name in forward_only if name not in table.columns and mode != "forward"
+                  and name in set(results.loc[results["dtype"] == dtype, "implementation"])]
+        table = table.assign(**dict.fromkeys(absent, "forward only"))
         tables.append((f"{dtype}, {mode}", table.reset_index()))
     return tables
 
@@ -270,6 +274,7 @@ def environment_block(env: dict) -> list[str]:
                      "same device)")
     lines += [f"- **warning: {warning}**" for warning in env.get("warnings", [])]
     lines += [f"- not timed: {name}: {why}" for name, why in env.get("not_timed", {}).items()]
+    lines += [f"- forward only (no backward; timed in the forward mode alone): {name}" for name in env.get("forward_only", [])]
     return lines + [""]
 
 
@@ -287,9 +292,14 @@ def summary_markdown(results, parity, env, charts, comparison=None, profile=None
                   "Their figures break a physical or plausibility bound (bench/run.py `implausible`): a timing "
                   "or correctness bug to find before quoting anything from them.", "",
                   flagged[ROW_KEYS + ["p50_ms", "gbps", "speedup", "implausible"]].to_markdown(**fmt), ""]
+    means = geometric_mean_speedups(plausible(results))
+    forward_only = means["implementation"].isin(env.get("forward_only", []))
+    cells = means.assign(**{mode: [("forward only" if alone and mode != "forward" else "") if pd.isna(value)
+                                   else f"{value:.3g}" for value, alone in zip(means[mode], forward_only)]
+                            for mode in MODES if mode in means.columns})
     lines += ["## Geometric-mean speedup against the baseline (same run, p50)", "",
-              geometric_mean_speedups(plausible(results)).to_markdown(**fmt), ""]
-    for title, table in speedup_tables(results):
+              cells.to_markdown(index=False), ""]
+    for title, table in speedup_tables(results, env.get("forward_only", [])):
         lines += [f"## Latency p50 and speedup per shape: {title}", "", table.to_markdown(index=False), ""]
     if profile is not None:
         lines += ["## Where the time goes (one profiled repetition per row)", "",
