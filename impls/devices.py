@@ -166,6 +166,16 @@ def side_stream(device: torch.device):
     return module.stream(module.Stream(device))
 
 
+def another_device(device: torch.device) -> torch.device:
+    """The host's last device of device's type other than device itself, or device where it is the only
+    one: a kernel that launches on device 0 or allocates there whatever its tensors' device (DCNv4#100,
+    an illegal memory access on cuda:1) fails on it."""
+    module = accelerator(device)
+    count = module.device_count() if module is not None else 1
+    others = [index for index in range(count) if index != (device.index or 0)]
+    return torch.device(device.type, others[-1]) if others else device
+
+
 def keep_busy(device: torch.device) -> None:
     """Queue a few milliseconds of work on device's current stream: on CUDA torch.cuda._sleep (what
     PyTorch's own stream tests use), on the NPU a matmul (torch_npu has no sleep kernel)."""

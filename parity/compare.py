@@ -29,7 +29,7 @@ def _storage(tensor: torch.Tensor) -> int:
 
 
 def checked_call(impl: Implementation, leaves, params) -> torch.Tensor:
-    """impl's output, after checking that it has the input's dtype, that the call left its inputs as they
+    """impl's output, after checking that it has the input's dtype and device, that the call left its inputs as they
     were, that the output shares no memory with them, and that it is not the very object the last call
     returned."""
     before = [t.detach().clone() for t in leaves]
@@ -37,6 +37,8 @@ def checked_call(impl: Implementation, leaves, params) -> torch.Tensor:
     if output.dtype != leaves[0].dtype:
         # Published defect 3: a dtype list that is not true (the gate runs every declared dtype).
         raise Cheat(f"contract: a {leaves[0].dtype} input gave a {output.dtype} output")
+    if output.device != leaves[0].device:
+        raise Cheat(f"contract: an input on {leaves[0].device} gave an output on {output.device}")
     for name, tensor, copy in zip(TENSORS, leaves, before):
         kept = (tensor.detach() == copy) | (tensor.detach().isnan() & copy.isnan())
         if not bool(kept.all()):

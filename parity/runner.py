@@ -33,7 +33,8 @@ DEFAULT_TIMEOUT = 300.0
 # The regression problem whose sums collide most (many points on few pixels), run this many times per
 # implementation and dtype: the run-to-run spread of atomic-add kernels (exactly 0 expected elsewhere).
 SPREAD_CASE, SPREAD_RUNS = "colliding_input_gradient", 5
-# Run once more on CUDA and the NPU with its inputs written on a side stream (parity/compare.py).
+# Run once more on CUDA and the NPU with its inputs written on a side stream (parity/compare.py), of
+# another device of the host where it has one (devices.another_device).
 STREAM_CASE = "padding_order"
 
 
@@ -142,9 +143,12 @@ class Run(NamedTuple):
 
 def parity_task(impl, item: Run, device) -> dict:
     """impl's quantities on one Run, as float64 arrays (they pickle by value)."""
-    evaluation = evaluate_on_side_stream if item.side_stream else evaluate
     quantities = quantities_of(impl)
-    return {q: value.numpy() for q, value in evaluation(impl, item.problem, item.dtype, device, quantities).items()}
+    if item.side_stream:
+        found = evaluate_on_side_stream(impl, item.problem, item.dtype, devices.another_device(device), quantities)
+    else:
+        found = evaluate(impl, item.problem, item.dtype, device, quantities)
+    return {q: value.numpy() for q, value in found.items()}
 
 
 class Memo(NamedTuple):
@@ -169,12 +173,15 @@ def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled
     `memo`, where one is given).
     SPREAD_CASE runs SPREAD_RUNS times: its rows' `run_spread` is the largest difference between runs
     (atomic-add kernels differ run to run). On CUDA and the NPU, STREAM_CASE runs once more with its
-    inputs written on a side stream (rows with `side_stream` True). With `indices`, only those cases of
+    inputs written on a side stream (rows with `side_stream` True) of another device where the host has
+    one (a worker of parity/spread.py sees its own device alone). With `indices`, only those cases of
     `cases` run (the rows are the full sweep's rows of those cases)."""
     spread_index, stream_index = (next((i for i, problem in enumerate(cases) if problem == REGRESSIONS[name]), None)
                                   for name in (SPREAD_CASE, STREAM_CASE))
     if not devices.has_streams(device):
         stream_index = None
+    else:
+        stream_device = devices.another_device(device)
 
     def work_of(impl, checked_one: bool) -> list[Run]:
         # Compiling per shape and interpreting both cost seconds a case; an interpreter's run-to-run
@@ -228,7 +235,8 @@ def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled
             judged = judge(impl.name, dtype, actual, checked_truth, yardsticks.get((index, dtype)), thresholds)
             case_rows = [
                 ParityRow(impl.name, device.type, dtype_name(dtype), quantity, index, on_side_stream, verdict,
-                          problem.label() + (" (side stream)" if on_side_stream else ""), outcome.error,
+                          problem.label() + (f" (side stream of {stream_device})" if on_side_stream else ""),
+                          outcome.error,
                           problem.describe(), 0.0 if index == spread_index and not on_side_stream else math.nan)
                 for quantity, verdict in judged.items()
             ]

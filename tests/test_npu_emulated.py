@@ -342,6 +342,36 @@ def test_ascend_rt_visible_devices_narrows_the_emulated_host_as_cann_documents()
 
 
 @emulation_only
+def test_on_a_host_of_two_npus_the_side_stream_case_runs_on_the_other_and_catches_device_0_ports(monkeypatch):
+    """DCNv4#100's kind of port: right on device 0, wrong on another (a scratch buffer on the current
+    device, or the result handed back there). Forward-only ports: the emulation's autograd engine sees
+    one device (tests/emulated_npu/torch_npu), so no backward runs on npu:1 here."""
+    monkeypatch.setenv("EMULATED_NPU_DEVICES", "2")
+    base = impls.get("grid_sample").fn
+
+    def scratch_on_the_current_device(input, offset, mask, params):
+        output = base(input, offset, mask, params)
+        return output + torch.zeros(output.shape, dtype=output.dtype, device="npu")
+
+    def result_on_device_0(input, offset, mask, params):
+        return base(input, offset, mask, params).to("npu:0")
+
+    ports = [Implementation(name, fn, frozenset({torch.float32}), ("npu",), forward_only=True) for name, fn in
+             [("right", base), ("scratch_on_the_current_device", scratch_on_the_current_device),
+              ("result_on_device_0", result_on_device_0)]]
+    rows = runner.run(ports, [torch.float32], list(REGRESSIONS.values()), NPU, Thresholds.load(), progress=False,
+                      isolate=False)
+    on_side_stream = rows[rows["side_stream"]]
+    assert on_side_stream["problem"].str.endswith("(side stream of npu:1)").all() and len(on_side_stream) == 3
+    assert rows[~rows["side_stream"]]["pass"].all()
+    assert on_side_stream.set_index("implementation")["pass"].to_dict() == {
+        "right": True, "scratch_on_the_current_device": False, "result_on_device_0": False}
+    errors = on_side_stream.set_index("implementation")["error"]
+    assert "found at least two devices, npu:0 and npu:1" in errors["scratch_on_the_current_device"]
+    assert "an input on npu:1 gave an output on npu:0" in errors["result_on_device_0"]
+
+
+@emulation_only
 def test_the_sweep_spread_over_two_npus_is_the_one_device_sweep_row_for_row(tmp_path, monkeypatch):
     pytest.importorskip("xdist", reason="--devices spreads the sweep with pytest-xdist, not installed here")
     options = ["--device", "npu", "--impl", "grid_sample", "optimized", "--dtype", "float32", "--examples", "3"]

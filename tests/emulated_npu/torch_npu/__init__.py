@@ -22,6 +22,11 @@ Vendor behaviours that change numbers, each as torch_npu documents or implements
   (CANN's `--allow_hf32` and ENABLE_HF32_EXECUTION pages), float32 rounded to nearest-even
   (Ascend C `SetHF32`, transMode 0).
 
+Devices: EMULATED_NPU_DEVICES of them (torch_npu.npu), a tensor's index kept through every operator,
+and tensors of two devices in one operator an error, as on a real host. The autograd engine, though,
+sees one: torch's Python device guard reports a device count of 1 (torch/csrc/acc/Module.cpp), so a
+backward through tensors on npu:1 stops at an internal assert, and only forward work runs there.
+
 What it cannot show: the vendor kernels' own arithmetic beyond those two rules, their speed, and
 anything CANN compiles.
 """
@@ -49,10 +54,10 @@ class _EmulatedTensor(torch.Tensor):
     """An npu tensor: device metadata outside, a CPU tensor of the same layout inside."""
 
     @staticmethod
-    def __new__(cls, cpu: torch.Tensor):
+    def __new__(cls, cpu: torch.Tensor, index: int):
         wrapper = torch.Tensor._make_wrapper_subclass(
             cls, cpu.size(), strides=cpu.stride(), storage_offset=cpu.storage_offset(),
-            dtype=cpu.dtype, layout=cpu.layout, device=f"{DEVICE}:0", requires_grad=False,
+            dtype=cpu.dtype, layout=cpu.layout, device=f"{DEVICE}:{index}", requires_grad=False,
         )
         wrapper._cpu = cpu
         npu._memory.track(wrapper, cpu)
@@ -78,16 +83,23 @@ def _on_npu_device(device) -> bool:
     return device is not None and torch.device(device).type == DEVICE
 
 
-def _check_devices(func, args, kwargs) -> None:
-    if func in _COPIES:
-        return
+def _device_index(func, args, kwargs) -> int | None:
+    """The npu index the operator runs on (None: not on the npu): its npu tensors' one index, else a
+    factory's device=, whose bare "npu" is the current device. Tensors of two devices, or a CPU tensor
+    beside npu ones (0-d scalars aside), raise as a real device does."""
     tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-    stray = [t for t in tensors if not _is_npu(t) and t.dim() > 0]
-    if stray and any(_is_npu(t) for t in tensors):
-        raise RuntimeError(
-            f"Expected all tensors to be on the same device, but found at least two devices, npu:0 and "
-            f"{stray[0].device}! (when running {func})"
-        )
+    indices = sorted({t.device.index for t in tensors if _is_npu(t)})
+    requested = kwargs.get("device")
+    if _on_npu_device(requested):
+        return torch.device(requested).index if torch.device(requested).index is not None else npu.current_device()
+    if not indices or func in _COPIES:
+        return indices[0] if indices else None
+    stray = [str(t.device) for t in tensors if not _is_npu(t) and t.dim() > 0]
+    if stray or len(indices) > 1:
+        first, second = f"{DEVICE}:{indices[0]}", (stray or [f"{DEVICE}:{indices[1]}"])[0]
+        raise RuntimeError(f"Expected all tensors to be on the same device, but found at least two devices, "
+                           f"{first} and {second}! (when running {func})")
+    return indices[0]
 
 
 _warned_double = []
@@ -112,17 +124,16 @@ def _run(func, args, kwargs):
             func.name(), "CompositeExplicitAutograd"):
         # A torch.library operator's own kernel, called with the npu tensors as they are.
         return func._op_dk(torch._C.DispatchKey.CompositeExplicitAutograd, *args, **kwargs)
-    _check_devices(func, args, kwargs)
-    has_npu_input = any(_is_npu(t) for t in tree_leaves((args, kwargs)))
+    index = _device_index(func, args, kwargs)
     kwargs = _double_to_float(func, kwargs)
-    to_npu = _on_npu_device(kwargs.get("device")) or (has_npu_input and kwargs.get("device") is None)
+    to_npu = index is not None and (kwargs.get("device") is None or _on_npu_device(kwargs["device"]))
     cpu_args, cpu_kwargs = tree_map(_unwrap, (args, kwargs))
     if func in _CONVOLUTIONS and npu.conv.allow_hf32:
         cpu_args = tree_map(_round_to_hf32, cpu_args)
     result = func(*cpu_args, **cpu_kwargs)
     if not to_npu:
         return result
-    return _wrap_results(func, args, result)
+    return _wrap_results(func, args, result, index)
 
 
 def _unwrap(value):
@@ -135,7 +146,7 @@ def _unwrap(value):
     return value
 
 
-def _wrap_results(func, args, result):
+def _wrap_results(func, args, result, device_index: int):
     """In-place and out= results are the tensors written (identity matters to callers); the rest wrap."""
     written = {}
     for index, argument in enumerate(func._schema.arguments):
@@ -146,7 +157,7 @@ def _wrap_results(func, args, result):
     def wrap(value, alias):
         if alias is not None and alias.is_write and frozenset(alias.before_set) in written:
             return written[frozenset(alias.before_set)]
-        return tree_map(lambda leaf: _EmulatedTensor(leaf) if isinstance(leaf, torch.Tensor) else leaf, value)
+        return tree_map(lambda leaf: _EmulatedTensor(leaf, device_index) if isinstance(leaf, torch.Tensor) else leaf, value)
 
     returns = func._schema.returns
     if len(returns) == 1:

@@ -57,13 +57,15 @@ def device_count() -> int:
     return _visible()
 
 
+_current = [0]
+
+
 def current_device() -> int:
-    return 0
+    return _current[0]
 
 
 def set_device(device) -> None:
-    if _index(device) != 0:
-        raise RuntimeError(f"the emulated NPU has one device; asked for {device}")
+    _current[0] = _check(device)
 
 
 def manual_seed_all(seed: int) -> None:
