@@ -11,6 +11,7 @@ checked is float32 arithmetic), with as many threads as torch uses.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -50,8 +51,9 @@ def _compiled(input_shape, offset_shape, mask_shape, params: DCNv3Params, thread
           forward_only=True)
 def openvino_runtime(input, offset, mask, params):
     """OpenVINO's DeformableConvolution on its CPU plug-in (f32 precision pinned); forward only."""
-    if offset.shape[0] * offset.shape[1] * offset.shape[2] * params.channels == 0:
-        return input.new_empty(*offset.shape[:3], params.channels)
+    output_shape = (*offset.shape[:3], params.channels)
+    if math.prod(output_shape) == 0:
+        return input.new_empty(output_shape)
     operands = dcnv2_mapping.deform_conv_operands(input, offset, mask, params)
     tensors = [t.contiguous() for t in (operands.input, operands.offset, operands.mask)]
     model = _compiled(*(tuple(t.shape) for t in tensors), params, torch.get_num_threads())

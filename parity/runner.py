@@ -178,10 +178,9 @@ def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled
     `cases` run (the rows are the full sweep's rows of those cases)."""
     spread_index, stream_index = (next((i for i, problem in enumerate(cases) if problem == REGRESSIONS[name]), None)
                                   for name in (SPREAD_CASE, STREAM_CASE))
-    if not devices.has_streams(device):
+    stream_device = devices.another_device(device) if devices.has_streams(device) else None
+    if stream_device is None:
         stream_index = None
-    else:
-        stream_device = devices.another_device(device)
 
     def work_of(impl, checked_one: bool) -> list[Run]:
         # Compiling per shape and interpreting both cost seconds a case; an interpreter's run-to-run

@@ -292,14 +292,14 @@ def summary_markdown(results, parity, env, charts, comparison=None, profile=None
                   "Their figures break a physical or plausibility bound (bench/run.py `implausible`): a timing "
                   "or correctness bug to find before quoting anything from them.", "",
                   flagged[ROW_KEYS + ["p50_ms", "gbps", "speedup", "implausible"]].to_markdown(**fmt), ""]
+    forward_only = env.get("forward_only", [])
     means = geometric_mean_speedups(plausible(results))
-    forward_only = means["implementation"].isin(env.get("forward_only", []))
-    cells = means.assign(**{mode: [("forward only" if alone and mode != "forward" else "") if pd.isna(value)
-                                   else f"{value:.3g}" for value, alone in zip(means[mode], forward_only)]
+    cells = means.assign(**{mode: [_mean_cell(value, name in forward_only, mode)
+                                   for value, name in zip(means[mode], means["implementation"])]
                             for mode in MODES if mode in means.columns})
     lines += ["## Geometric-mean speedup against the baseline (same run, p50)", "",
               cells.to_markdown(index=False), ""]
-    for title, table in speedup_tables(results, env.get("forward_only", [])):
+    for title, table in speedup_tables(results, forward_only):
         lines += [f"## Latency p50 and speedup per shape: {title}", "", table.to_markdown(index=False), ""]
     if profile is not None:
         lines += ["## Where the time goes (one profiled repetition per row)", "",
@@ -331,6 +331,13 @@ def summary_markdown(results, parity, env, charts, comparison=None, profile=None
         lines += ["## Change against the earlier run", "", comparison.to_markdown(**fmt), ""]
     lines += ["## Charts", ""] + [f"![{chart.stem}]({chart.name})" for chart in charts]
     return "\n".join(lines) + "\n"
+
+
+def _mean_cell(value: float, forward_only: bool, mode: str) -> str:
+    """A geometric mean as the summary shows it; a forward-only implementation's other modes say so."""
+    if pd.notna(value):
+        return f"{value:.3g}"
+    return "forward only" if forward_only and mode != "forward" else ""
 
 
 def plausible(results: pd.DataFrame) -> pd.DataFrame:
