@@ -20,6 +20,7 @@ from bench import instruments, timing
 from bench.shapes import is_model_suite
 from impls import devices, external
 from impls.cli import dtype_name
+from impls.registry import REGISTRIES
 
 settings.register_profile(
     "ci", max_examples=25, derandomize=True, deadline=None, print_blob=True,
@@ -72,17 +73,21 @@ def pytest_configure(config):
         raise pytest.UsageError(str(error)) from None
 
 
-def selected_implementations(config) -> list[str]:
+def selected_implementations(config, operator: str = "dcnv3") -> list[str]:
+    """The --impl names the operator has (an --impl naming no implementation of any operator is an error),
+    or all of the operator's."""
     requested = config.getoption("--impl")
-    known = impls.names()
-    unknown = [name for name in requested or [] if name not in known]
+    known = REGISTRIES[operator].names()
+    anywhere = {name for registry in REGISTRIES.values() for name in registry.names()}
+    unknown = [name for name in requested or [] if name not in anywhere]
     if unknown:
-        raise pytest.UsageError(f"--impl {', '.join(unknown)}: unknown; known: {', '.join(known)}")
-    return requested or known
+        raise pytest.UsageError(f"--impl {', '.join(unknown)}: unknown; known: {', '.join(sorted(anywhere))}")
+    return [name for name in requested if name in known] if requested else known
 
 
 def pytest_generate_tests(metafunc):
-    """`impl_dtype`: every (implementation under test, dtype it declares) pair; the reference is the yardstick.
+    """`impl_dtype`: every (implementation under test, dtype it declares) pair of the test's operator
+    (`@pytest.mark.operator("msda")`; DCNv3 unmarked); the reference is the yardstick.
     `bench_case`: every (implementation, shape, mode, dtype) the benchmark options select."""
     for fixture in ("bench_case", "model_case"):
         if fixture in metafunc.fixturenames:
@@ -102,14 +107,16 @@ def pytest_generate_tests(metafunc):
                 return impl.interpreted() == marked["interpreted"]
             return True
 
+        operator = metafunc.definition.get_closest_marker("operator")
+        registry = REGISTRIES[operator.args[0] if operator else "dcnv3"]
         pairs = [
-            (name, dtype)
-            for name in selected_implementations(metafunc.config)
-            if name != "reference" and wanted(impls.get(name))
-            for dtype in sorted(impls.get(name).dtypes, key=str)
+            (registry.get(name), dtype)
+            for name in selected_implementations(metafunc.config, registry.operator.name)
+            if name != "reference" and wanted(registry.get(name))
+            for dtype in sorted(registry.get(name).dtypes, key=str)
         ]
         metafunc.parametrize(
-            "impl_dtype", pairs, ids=[f"{n}-{dtype_name(d)}" for n, d in pairs]
+            "impl_dtype", pairs, ids=[f"{i.name}-{dtype_name(d)}" for i, d in pairs]
         )
 
 
@@ -127,7 +134,7 @@ def timing_request_of(config) -> timing.TimingRequest:
         except ValueError as error:
             raise pytest.UsageError(f"--bench-{error}") from None
         config.stash[_TIMING_REQUEST] = timing.TimingRequest(settings, config.getoption("--device"),
-                                                              selected_implementations(config))
+                                                              selected_implementations(config, settings.op))
     return config.stash[_TIMING_REQUEST]
 
 
@@ -138,14 +145,15 @@ def parametrize_benchmarks(metafunc, fixture: str):
     request = timing_request_of(metafunc.config)
     settings = request.settings
     shapes = settings.cases if is_model_suite(settings.suite) == (fixture == "model_case") else []
+    registry = REGISTRIES[settings.op]
     cases = [
-        (impls.get(name), shape, mode, dtype)
+        (registry.get(name), shape, mode, dtype)
         for dtype in settings.dtypes
         for shape in shapes
         for mode in settings.modes
         for name in request.implementations
-        if name != "reference" and impls.get(name).supports(dtype)
-        and (mode == "forward" or not impls.get(name).forward_only)
+        if name != "reference" and registry.get(name).supports(dtype)
+        and (mode == "forward" or not registry.get(name).forward_only)
     ]
     clock = pytest.mark.benchmark(timer=instruments.synchronised_timer(request.device))
     metafunc.parametrize(fixture, [pytest.param(case, marks=clock) for case in cases],
@@ -196,7 +204,7 @@ def device(request) -> torch.device:
 
 @pytest.fixture
 def impl(impl_dtype, device):
-    implementation = impls.get(impl_dtype[0])
+    implementation = impl_dtype[0]
     reason = implementation.unavailable_reason(device)
     if reason is not None:
         pytest.skip(reason)

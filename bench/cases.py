@@ -7,8 +7,9 @@ from typing import Callable
 import torch
 
 from bench.records import MODES
-from bench.shapes import ModelCase, Shape
+from bench.shapes import ModelCase, MSDAShape, Shape
 from impls import Implementation, internimage
+from impls.msda.contract import level_starts
 
 
 def make_inputs(shape: Shape, dtype: torch.dtype, device: torch.device, generator: torch.Generator):
@@ -25,6 +26,17 @@ def make_inputs(shape: Shape, dtype: torch.dtype, device: torch.device, generato
     mask = torch.softmax(draw(shape.batch, out_h, out_w, p.group, p.points), -1).reshape(shape.batch, out_h, out_w, -1)
     grad_output = draw(shape.batch, out_h, out_w, p.channels)
     return tuple(t.to(device, dtype) for t in (input, offset, mask, grad_output))
+
+
+def make_msda_inputs(shape: MSDAShape, dtype: torch.dtype, device: torch.device, generator: torch.Generator):
+    """(value, sampling_locations, attention_weights, grad_output) at a model's scales: unit values, locations
+    across each level, weights a softmax over L*P as the module makes them; drawn on the CPU from `generator`."""
+    n, q, m, l, p = shape.batch, shape.queries, shape.heads, len(shape.levels), shape.points
+    value = torch.randn(n, shape.length, m, shape.channels, generator=generator)
+    locations = torch.rand(n, q, m, l, p, 2, generator=generator)
+    weights = torch.softmax(torch.randn(n, q, m, l * p, generator=generator), -1).reshape(n, q, m, l, p)
+    grad_output = torch.randn(n, q, m * shape.channels, generator=generator)
+    return tuple(t.to(device, dtype) for t in (value, locations, weights, grad_output))
 
 
 def repetition(mode: str, forward: Callable[[], object], differentiated: list[torch.Tensor],
@@ -54,10 +66,18 @@ def repetition(mode: str, forward: Callable[[], object], differentiated: list[to
     raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
 
 
-def runner(impl: Implementation, shape: Shape, mode: str, dtype: torch.dtype, device: torch.device) -> Callable[[], None]:
+def runner(impl: Implementation, shape: Shape | MSDAShape, mode: str, dtype: torch.dtype,
+           device: torch.device) -> Callable[[], None]:
     """A callable doing one repetition of `mode` of the operator, differentiated in its three tensors."""
-    input, offset, mask, grad_output = make_inputs(shape, dtype, device, torch.Generator().manual_seed(0))
-    leaves = [input, offset, mask] if mode == "forward" else [t.requires_grad_() for t in (input, offset, mask)]
+    generator = torch.Generator().manual_seed(0)
+    msda = isinstance(shape, MSDAShape)
+    *operands, grad_output = (make_msda_inputs if msda else make_inputs)(shape, dtype, device, generator)
+    leaves = operands if mode == "forward" else [t.requires_grad_() for t in operands]
+    if msda:
+        shapes = torch.tensor(shape.levels, dtype=torch.int64, device=device)
+        starts = torch.tensor(level_starts(list(shape.levels)), dtype=torch.int64, device=device)
+        value, locations, weights = leaves
+        return repetition(mode, lambda: impl(value, shapes, starts, locations, weights), leaves, grad_output)
     return repetition(mode, lambda: impl(*leaves, shape.params), leaves, grad_output)
 
 

@@ -30,13 +30,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-import impls
 from bench import instruments, timing, traffic
 from bench import spread as bench_spread
 from bench.records import CASE_KEYS, TimedCase
 from bench.shapes import is_model_suite
 from impls import devices, external
 from impls.cli import UsageError
+from impls.registry import REGISTRIES
 from parity import runner, spread
 from parity.isolate import inline, isolated
 from parity.summary import markdown, publish, summarise
@@ -105,16 +105,16 @@ def environment(device: torch.device, settings: timing.TimingSettings) -> dict:
 
 
 def gate_implementations(implementations, dtypes, device, examples, out: Path, isolate: bool, timeout: float,
-                         workers: list | None = None, impl_module: list[str] = ()):
-    """Run parity, spread over `workers` (impls/devices.py worker_devices) where given; return (passing
-    implementations, {failed name: summary line})."""
-    cases, thresholds = runner.sweep(examples, seed=0), Thresholds.load()
+                         workers: list | None = None, impl_module: list[str] = (), operator: str = "dcnv3"):
+    """Run the operator's parity, spread over `workers` (impls/devices.py worker_devices) where given; return
+    (passing implementations, {failed name: summary line})."""
+    cases, thresholds = runner.sweep(examples, 0, operator), Thresholds.load(operator=operator)
     if workers is None:
         results = runner.run(implementations, dtypes, cases, device, thresholds,
                              compiled_examples=COMPILED_PARITY_EXAMPLES, isolate=isolate, timeout=timeout)
     else:
         sweep = spread.Sweep(device.type, [i.name for i in implementations], dtypes, cases, thresholds,
-                             COMPILED_PARITY_EXAMPLES, list(impl_module), timeout)
+                             COMPILED_PARITY_EXAMPLES, list(impl_module), timeout, operator)
         results, _ = spread.run(sweep, workers)
     summary = summarise(results)
     publish(markdown(summary, {}, f"# Parity before timing on {device}"), results, out, "parity",
@@ -187,8 +187,8 @@ def main(argv=None) -> int:
     try:
         device = devices.resolve(args.device)
         workers = None if args.devices is None else devices.worker_devices(device.type, args.devices)
-        external.load(args.impl_module)
-        chosen, skipped = runner.select_implementations(args.impl, device)
+        external.load(args.impl_module, settings.op)
+        chosen, skipped = runner.select_implementations(args.impl, device, operator=settings.op)
         dtypes, unusable = runner.usable_dtypes(settings.dtypes, device)
     except (UsageError, ValueError) as error:
         print(f"python -m bench: {error}", file=sys.stderr)
@@ -197,7 +197,7 @@ def main(argv=None) -> int:
     skipped.update({name: reason for name, reason in untimed.items() if reason})
     skipped.update(unusable)
     chosen = [impl for impl in chosen if not untimed[impl.name]]
-    base = impls.baseline()
+    base = REGISTRIES[settings.op].baseline()
     if base.name not in {impl.name for impl in chosen} and base.available(device):
         chosen.insert(0, base)
     for name, reason in skipped.items():
@@ -210,7 +210,7 @@ def main(argv=None) -> int:
         print(f"warning: {warning}", file=sys.stderr)
 
     passing, failed = gate_implementations(chosen, dtypes, device, args.parity_examples, out, args.isolate != "none",
-                                           args.timeout, workers, args.impl_module or [])
+                                           args.timeout, workers, args.impl_module or [], settings.op)
     for name, why in failed.items():
         print(f"not timed: {name} failed parity ({why})")
     env["not_timed"] = {**skipped, **{name: f"failed parity: {why}" for name, why in failed.items()}}

@@ -1,4 +1,5 @@
-"""Benchmark shapes as data: InternImage stages, whole InternImage backbones, synthetic sweeps, quick suites.
+"""Benchmark shapes as data: InternImage stages, whole InternImage backbones, synthetic sweeps, quick suites;
+and for MSDA (`msda-*` suites) the MSDeformAttn calls of Deformable DETR, Mask2Former and ViT-Adapter.
 
 InternImage's models are impls.internimage.CONFIGS: stage s of 4 runs DCNv3 at
 H = W = input / 2**(s+2) with channels * 2**s channels in groups[s] groups;
@@ -7,7 +8,9 @@ kernel 3, pad 1, stride 1.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 from impls import DCNv3Params, internimage as models
 
@@ -21,6 +24,8 @@ MODEL_BATCH = 1
 
 @dataclass(frozen=True)
 class Shape:
+    OPERATOR: ClassVar[str] = "dcnv3"
+
     name: str
     batch: int
     height: int
@@ -49,6 +54,8 @@ def same_padding_params(group: int, group_channels: int, offset_scale: float = 1
 class ModelCase:
     """A whole backbone (impls.internimage) on square images: one forward or training step."""
 
+    OPERATOR: ClassVar[str] = "dcnv3"
+
     name: str
     model: str
     batch: int
@@ -60,6 +67,60 @@ class ModelCase:
 
     def fields(self) -> dict:
         return {"shape": self.name, "model": self.model, "N": self.batch, "H": self.size, "W": self.size}
+
+
+@dataclass(frozen=True)
+class MSDAShape:
+    """One MSDeformAttn call of a model: levels (H_l, W_l), Lq queries, M heads of D channels, P points."""
+
+    OPERATOR: ClassVar[str] = "msda"
+
+    name: str
+    batch: int
+    levels: tuple[tuple[int, int], ...]
+    queries: int
+    heads: int
+    channels: int
+    points: int
+
+    @property
+    def length(self) -> int:
+        return sum(h * w for h, w in self.levels)
+
+    def fields(self) -> dict:
+        return {"shape": self.name, "N": self.batch, "levels": "+".join(f"{h}x{w}" for h, w in self.levels),
+                "S": self.length, "Lq": self.queries, "M": self.heads, "D": self.channels, "P": self.points}
+
+
+def feature_levels(height: int, width: int, strides) -> tuple[tuple[int, int], ...]:
+    """The feature maps of a height x width image at these strides (a ResNet's or an adapter's, ceil-rounded)."""
+    return tuple((math.ceil(height / s), math.ceil(width / s)) for s in strides)
+
+
+def _msda_suites() -> dict[str, list[MSDAShape]]:
+    """Deformable DETR on an 800x1333 image (strides 8-64, M=8, D=32, P=4: its encoder's queries are every
+    position, its decoder's 300 object queries); Mask2Former's pixel decoder on a 512x512 ADE20K crop (3
+    levels at strides 8-32); ViT-Adapter-B on a 512x512 crop (12 heads, deform_ratio 0.5: D=32): the
+    injector's queries are the ViT's stride-16 tokens over the adapter's 3 levels, the extractor's the
+    adapter's tokens over the ViT's one level. Each at batch 1 and 2."""
+    detr = feature_levels(800, 1333, (8, 16, 32, 64))
+    adapter = feature_levels(512, 512, (8, 16, 32))
+    models = {
+        "detr-enc": (detr, sum(h * w for h, w in detr), 8, 32, 4),
+        "detr-dec": (detr, 300, 8, 32, 4),
+        "m2f-pixel-dec": (adapter, sum(h * w for h, w in adapter), 8, 32, 4),
+        "vitadapter-injector": (adapter, 32 * 32, 12, 32, 4),
+        "vitadapter-extractor": (((32, 32),), sum(h * w for h, w in adapter), 12, 32, 4),
+    }
+    shapes = {name: [MSDAShape(f"{name}-b{batch}", batch, *model) for batch in (1, 2)] for name, model in models.items()}
+    return {
+        "msda-quick": [MSDAShape("q-2lv", 1, ((16, 16), (8, 8)), 100, 4, 16, 4),
+                       MSDAShape("q-4lv", 1, feature_levels(128, 96, (8, 16, 32, 64)), 60, 8, 8, 4)],
+        "msda-deformable-detr": shapes["detr-enc"] + shapes["detr-dec"],
+        "msda-mask2former": shapes["m2f-pixel-dec"],
+        "msda-vit-adapter": shapes["vitadapter-injector"] + shapes["vitadapter-extractor"],
+        "msda": [shape for group in shapes.values() for shape in group],
+    }
 
 
 def internimage(model: str, task: str, batch: int | None = None) -> list[Shape]:
@@ -116,7 +177,7 @@ def _internimage_suites() -> dict[str, list[Shape]]:
     return suites
 
 
-SUITES: dict[str, list[Shape] | list[ModelCase]] = {
+SUITES: dict[str, list[Shape] | list[ModelCase] | list[MSDAShape]] = {
     # Small enough for CI's smoke run of the whole pipeline on 2 cores.
     "quick": [
         Shape("q14-G2D8", 1, 14, 14, same_padding_params(2, 8)),
@@ -126,7 +187,15 @@ SUITES: dict[str, list[Shape] | list[ModelCase]] = {
     **_internimage_suites(),
     **_sweeps(),
     **{f"model-internimage-{name.lower()}": model_cases(name) for name in models.CONFIGS},
+    **_msda_suites(),
 }
+# Each operator's suite when none is named.
+DEFAULT_SUITES = {"dcnv3": "internimage-t", "msda": "msda"}
+
+
+def operator_of(suite_name: str) -> str:
+    """The operator a suite's cases call."""
+    return suite(suite_name)[0].OPERATOR
 
 
 def is_model_suite(name: str) -> bool:

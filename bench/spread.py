@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-import impls
 from bench.records import TimedCase
 from bench.timing import TimingSettings, time_implementation
 from impls import devices
+from impls.registry import REGISTRIES
 from parity.spread import last_line, on_workers, own_file, payload_of
 
 OPTION = "--bench-spread"
@@ -39,6 +39,10 @@ class Timing:
     impl_module: list[str]
     # The controller's sys.path: an --impl-module may need entries added after xdist froze its copy.
     path: list[str] = field(default_factory=lambda: list(sys.path))
+
+    @property
+    def operator(self) -> str:
+        return self.settings.op
 
 
 class Collector:
@@ -88,7 +92,7 @@ class ShapeItem(pytest.Item):
         device, label = devices.resolve(timing.device_type), devices.pinned_label(timing.device_type)
         records, benchmarks, failures, machine = [], [], {}, {}
         for name in timing.implementations:
-            timed = time_implementation(impls.get(name), settings, device)
+            timed = time_implementation(REGISTRIES[settings.op].get(name), settings, device)
             records += [_plain(asdict(replace(record, device=label))) for record in timed.records]
             benchmarks += timed.benchmark_json.get("benchmarks", [])
             machine = machine or {k: v for k, v in timed.benchmark_json.items() if k != "benchmarks"}

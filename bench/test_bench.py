@@ -6,7 +6,7 @@ Run through `python -m bench` (which gates on parity first and writes the tidy C
 
 Each test times one case with pytest-benchmark and puts its record (bench/records.py) in the
 benchmark's extra_info, and in the records of `python -m bench`'s request when it is the one running.
-`test_model` times whole backbones (the `model-*` suites) the same way, with the DCNv3 core's share of
+`test_operator` times the operator's calls, `test_model` whole backbones (the `model-*` suites) the same way, with the DCNv3 core's share of
 one profiled repetition and where the rest went (bench/profile.py).
 """
 
@@ -24,7 +24,8 @@ def _timed(benchmark, timing_request, case, device) -> None:
     timing_request.records.append(record)
 
 
-def test_dcnv3(benchmark, timing_request, available_bench_case, bench_device):
+def test_operator(benchmark, timing_request, available_bench_case, bench_device):
+    """One operator call (DCNv3's or MSDA's, as the suite's shapes are)."""
     _timed(benchmark, timing_request, available_bench_case, bench_device)
 
 

@@ -25,7 +25,7 @@ import torch
 from bench import instruments, profile, traffic
 from bench.cases import model_runner, runner
 from bench.records import MODEL_MODES, MODES, TimedCase
-from bench.shapes import SUITES, ModelCase, Shape, is_model_suite
+from bench.shapes import DEFAULT_SUITES, SUITES, ModelCase, MSDAShape, Shape, is_model_suite, operator_of
 from impls import Implementation
 from impls.cli import DTYPES, dtype_name
 from parity import isolate
@@ -40,8 +40,11 @@ MEMORY_RUNS = 3
 class TimingSettings:
     """What to time and for how long: the options of both front doors (OPTIONS is their table)."""
 
-    suite: str = field(default="internimage-t", metadata=dict(
-        choices=sorted(SUITES), metavar="SUITE", help="shape suite (default internimage-t): " + ", ".join(SUITES)))
+    op: str = field(default="", metadata=dict(
+        choices=sorted(DEFAULT_SUITES), help="the operator: dcnv3 or msda (default: the suite's; dcnv3 without one)"))
+    suite: str = field(default="", metadata=dict(
+        choices=sorted(SUITES), metavar="SUITE",
+        help="shape suite (default: the operator's, " + " or ".join(DEFAULT_SUITES.values()) + "): " + ", ".join(SUITES)))
     shape: tuple[str, ...] = field(default=(), metadata=dict(
         metavar="SHAPE", help="shapes (or models) of the suite to time (default: all)"))
     dtype: tuple[str, ...] = field(default=("float32",), metadata=dict(
@@ -54,6 +57,13 @@ class TimingSettings:
     threads: int = field(default=0, metadata=dict(help="torch CPU threads for the timing (default: torch's choice)"))
 
     def __post_init__(self):
+        # Frozen: the defaults that depend on each other are settled once, here.
+        if not self.suite:
+            object.__setattr__(self, "suite", DEFAULT_SUITES[self.op or "dcnv3"])
+        if not self.op:
+            object.__setattr__(self, "op", operator_of(self.suite))
+        elif operator_of(self.suite) != self.op:
+            raise ValueError(f"suite {self.suite} times {operator_of(self.suite)}, not op {self.op}")
         for name, floor, least in (("seconds", "0", 0), ("min_rounds", "1", 1),
                                    ("max_rounds", "min_rounds", self.min_rounds), ("threads", "0", 0)):
             if getattr(self, name) < least:
@@ -68,7 +78,7 @@ class TimingSettings:
         return self.mode or (MODEL_MODES if is_model_suite(self.suite) else MODES)
 
     @property
-    def cases(self) -> list[Shape] | list[ModelCase]:
+    def cases(self) -> list[Shape] | list[ModelCase] | list[MSDAShape]:
         """The suite's shapes (or models) to time: those --shape names, or all."""
         return [case for case in SUITES[self.suite] if not self.shape or case.name in self.shape]
 
@@ -157,7 +167,7 @@ def time_case(benchmark, impl: Implementation, case: Shape | ModelCase, mode: st
 
 def pytest_arguments(settings: TimingSettings, record: Path) -> list[str]:
     """pytest's own options for a timing run: pytest-benchmark's record to `record`, quiet otherwise."""
-    test = "test_model" if is_model_suite(settings.suite) else "test_dcnv3"
+    test = "test_model" if is_model_suite(settings.suite) else "test_operator"
     return [
         f"{BENCH_TESTS}::{test}", "-p", "no:cacheprovider", "-v", "--rootdir", str(BENCH_TESTS.parent.parent),
         # The caller has imported hypothesis and the harness already; the timing tests assert nothing.

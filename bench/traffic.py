@@ -1,8 +1,9 @@
-"""Bytes-moved model: the least traffic a DCNv3 kernel must do, per problem and mode.
+"""Bytes-moved model: the least traffic a DCNv3 or MSDA kernel must do, per problem and mode.
 
-Each tensor is read or written once from device memory: forward reads input,
-offset and mask and writes output; backward reads grad_output, input, offset
-and mask and writes the three gradients. Achieved GB/s = these bytes / time.
+Each tensor is read or written once from device memory: forward reads the
+operands (DCNv3's input, offset and mask; MSDA's value, locations and weights)
+and writes output; backward reads grad_output and the operands and writes their
+gradients. Achieved GB/s = these bytes / time.
 It is a lower bound on real traffic (bilinear corners re-read from cache are
 not counted), so a kernel near 100% is at the memory roofline.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from bench import instruments
-from bench.shapes import Shape
+from bench.shapes import MSDAShape, Shape
 
 # Peak DRAM bandwidth, bytes/s, by device-name substring. Elsewhere (and on
 # cpu) the fraction of peak is taken against the copy bandwidth measured in the
@@ -28,7 +29,16 @@ KNOWN_PEAK_BANDWIDTH = {
 }
 
 
-def tensor_elements(shape: Shape) -> dict[str, int]:
+def tensor_elements(shape: Shape | MSDAShape) -> dict[str, int]:
+    """Elements of each operand, and of the output (last)."""
+    if isinstance(shape, MSDAShape):
+        samples = shape.batch * shape.queries * shape.heads * len(shape.levels) * shape.points
+        return {
+            "value": shape.batch * shape.length * shape.heads * shape.channels,
+            "sampling_locations": samples * 2,
+            "attention_weights": samples,
+            "output": shape.batch * shape.queries * shape.heads * shape.channels,
+        }
     p = shape.params
     out_h, out_w = shape.output_size
     pixels_out = shape.batch * out_h * out_w
@@ -40,9 +50,9 @@ def tensor_elements(shape: Shape) -> dict[str, int]:
     }
 
 
-def bytes_moved(shape: Shape, mode: str, dtype: torch.dtype) -> int:
+def bytes_moved(shape: Shape | MSDAShape, mode: str, dtype: torch.dtype) -> int:
     n = tensor_elements(shape)
-    operands = n["input"] + n["offset"] + n["mask"]
+    operands = sum(elements for name, elements in n.items() if name != "output")
     forward = operands + n["output"]
     backward = n["output"] + 2 * operands  # read grad_output and operands, write their gradients
     elements = {"forward": forward, "backward": backward, "forward+backward": forward + backward}[mode]

@@ -17,7 +17,7 @@ from impls import cpu_kernel as _cpu_kernel  # noqa: F401  (registers; builds on
 from impls import grid_sample as _grid_sample  # noqa: F401  (registers)
 from impls import internimage_cuda as _internimage_cuda  # noqa: F401  (registers; imports DCNv3 on first use)
 from impls import npu_deform_conv as _npu_deform_conv  # noqa: F401  (registers)
-from impls import onnx_export
+from impls import msda, onnx_export
 from impls import onnx_runtime as _onnx_runtime  # noqa: F401  (registers; exports and imports onnxruntime on first use)
 from impls import openvino_runtime as _openvino_runtime  # noqa: F401  (registers; imports openvino on first use)
 from impls import optimized as _optimized  # noqa: F401  (registers)
@@ -34,6 +34,7 @@ __all__ = [
     "baseline",
     "dcnv3",
     "get",
+    "msda",
     "names",
     "register",
     "validate",

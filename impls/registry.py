@@ -127,6 +127,10 @@ class Implementation:
         return self.fn(*args)
 
 
+# Every operator's registry by the operator's name (DCNv3's, impls/msda's).
+REGISTRIES: dict[str, "Registry"] = {}
+
+
 class Registry:
     """One operator's implementations by name: built-ins added by `register`, plug-ins loaded from the
     operator's entry-point group on first lookup."""
@@ -135,6 +139,7 @@ class Registry:
         self.operator = operator
         self.implementations: dict[str, Implementation] = {}
         self._plugins_loaded = False
+        REGISTRIES[operator.name] = self
 
     def register(
         self,

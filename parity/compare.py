@@ -1,4 +1,4 @@
-"""Run one implementation on one problem and compare it with the float64 reference."""
+"""Run one implementation on one problem of its operator and compare it with the float64 reference."""
 
 from __future__ import annotations
 
@@ -9,13 +9,10 @@ from typing import NamedTuple
 
 import torch
 
-from impls import Implementation, baseline, devices, get
-from parity.problems import Problem
+from impls import Implementation, devices
+from parity import operators
 from parity.summary import Verdict
 from parity.thresholds import Thresholds
-
-QUANTITIES = ("output", "grad_input", "grad_offset", "grad_mask")
-TENSORS = ("input", "offset", "mask")
 # Per implementation, its last output while something else keeps it alive (KernelBench's cached-result check).
 _last_output: dict[str, weakref.ref] = {}
 
@@ -28,18 +25,19 @@ def _storage(tensor: torch.Tensor) -> int:
     return tensor.untyped_storage().data_ptr()
 
 
-def checked_call(impl: Implementation, leaves, params) -> torch.Tensor:
+def checked_call(impl: Implementation, leaves, problem) -> torch.Tensor:
     """impl's output, after checking that it has the input's dtype and device, that the call left its inputs as they
     were, that the output shares no memory with them, and that it is not the very object the last call
     returned."""
     before = [t.detach().clone() for t in leaves]
-    output = impl(*leaves, params)
+    output = problem.call(impl, leaves)
     if output.dtype != leaves[0].dtype:
         # Published defect 3: a dtype list that is not true (the gate runs every declared dtype).
         raise Cheat(f"contract: a {leaves[0].dtype} input gave a {output.dtype} output")
     if output.device != leaves[0].device:
         raise Cheat(f"contract: an input on {leaves[0].device} gave an output on {output.device}")
-    for name, tensor, copy in zip(TENSORS, leaves, before):
+    names = [quantity.removeprefix("grad_") for quantity in operators.of(problem).quantities[1:]]
+    for name, tensor, copy in zip(names, leaves, before):
         kept = (tensor.detach() == copy) | (tensor.detach().isnan() & copy.isnan())
         if not bool(kept.all()):
             raise Cheat(f"anti-cheat: the call changed its {name}")
@@ -52,21 +50,20 @@ def checked_call(impl: Implementation, leaves, params) -> torch.Tensor:
     return output
 
 
-def evaluate(impl: Implementation, problem: Problem, dtype: torch.dtype, device,
-             quantities=QUANTITIES) -> dict[str, torch.Tensor]:
-    """The asked-for quantities of output and the three gradients, as float64 CPU tensors.
+def evaluate(impl: Implementation, problem, dtype: torch.dtype, device, quantities=None) -> dict[str, torch.Tensor]:
+    """The asked-for quantities (default: all the operator's) of output and the gradients, as float64 CPU tensors.
 
-    grad_offset is left out unless the problem is smooth, and then kept only
-    where the problem says it is comparable: at integer coordinates it is
-    one-sided by definition and differs across position roundings. The
-    backward runs only when a gradient is asked for.
+    The gradient through the sampling positions (grad_offset, grad_sampling_locations) is left out
+    unless the problem is smooth, and then kept only where the problem says it is comparable: at integer
+    coordinates it is one-sided by definition and differs across position roundings. The backward runs
+    only when a gradient is asked for.
     """
-    input, offset, mask, grad_output = problem.tensors(dtype, device)
-    return _run(impl, (input, offset, mask), grad_output, problem, quantities, checked_call)
+    *leaves, grad_output = problem.tensors(dtype, device)
+    return _run(impl, leaves, grad_output, problem, quantities, checked_call)
 
 
-def evaluate_on_side_stream(impl: Implementation, problem: Problem, dtype: torch.dtype, device,
-                            quantities=QUANTITIES) -> dict[str, torch.Tensor]:
+def evaluate_on_side_stream(impl: Implementation, problem, dtype: torch.dtype, device,
+                            quantities=None) -> dict[str, torch.Tensor]:
     """As evaluate, with every input written on a new current stream after milliseconds of other work
     there, into tensors that hold NaN until then: a kernel launched on another stream than the current
     one (the default stream, say) reads the NaN and fails the case (KernelBench's stream check)."""
@@ -77,44 +74,45 @@ def evaluate_on_side_stream(impl: Implementation, problem: Problem, dtype: torch
         devices.keep_busy(device)
         for target, source in zip(placed, host):
             target.copy_(source, non_blocking=True)
-        return _run(impl, placed[:3], placed[3], problem, quantities, checked_call)
+        return _run(impl, placed[:-1], placed[-1], problem, quantities, checked_call)
 
 
-def expected(problem: Problem, dtype: torch.dtype, quantities=QUANTITIES) -> dict[str, torch.Tensor]:
+def expected(problem, dtype: torch.dtype, quantities=None) -> dict[str, torch.Tensor]:
     """The reference on the same dtype-rounded inputs, computed and kept in float64; once per problem,
     dtype and quantities in a process (every implementation is checked on the same problems). The
     tensors are shared: read them, do not write them."""
-    return _reference(problem, dtype, tuple(quantities))
+    return _reference(problem, dtype, tuple(quantities or operators.of(problem).quantities))
 
 
 @functools.lru_cache(maxsize=1024)
-def _reference(problem: Problem, dtype: torch.dtype, quantities: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    tensors = [t.to(torch.float64) for t in problem.tensors(dtype, "cpu")]
-    return _run(get("reference"), tensors[:3], tensors[3], problem, quantities)
+def _reference(problem, dtype: torch.dtype, quantities: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    *leaves, grad_output = [t.to(torch.float64) for t in problem.tensors(dtype, "cpu")]
+    return _run(operators.of(problem).registry.get("reference"), leaves, grad_output, problem, quantities)
 
 
-def plain_call(impl: Implementation, leaves, params) -> torch.Tensor:
-    return impl(*leaves, params)
+def plain_call(impl: Implementation, leaves, problem) -> torch.Tensor:
+    return problem.call(impl, leaves)
 
 
 def quantities_of(impl: Implementation) -> tuple[str, ...]:
     """What the gate checks of impl: the output alone where it has no backward."""
-    return QUANTITIES[:1] if impl.forward_only else QUANTITIES
+    return operators.of(impl).quantities_of(impl)
 
 
 def _run(impl, leaves, grad_output, problem, quantities, call=plain_call):
+    operator = operators.of(problem)
+    quantities = quantities or operator.quantities
     gradients = bool(set(quantities) - {"output"})
     leaves = [t.detach().requires_grad_(gradients) for t in leaves]
-    output = call(impl, leaves, problem.params)
+    output = call(impl, leaves, problem)
     result = {"output": output}
     if gradients:
         grads = torch.autograd.grad(output, leaves, grad_output)
-        result.update(zip(QUANTITIES[1:], grads))
+        result.update(zip(operator.quantities[1:], grads))
+        rough = result.pop(operator.rough)
         if problem.smooth:
-            comparable = problem.offset_gradient_mask(leaves[1]).to(grads[1].device)
-            result["grad_offset"] = torch.where(comparable, grads[1], torch.zeros_like(grads[1]))
-        else:
-            del result["grad_offset"]
+            comparable = problem.comparable(leaves).to(rough.device)
+            result[operator.rough] = torch.where(comparable, rough, torch.zeros_like(rough))
     # To the host first: on an NPU a cast to float64 gives float32.
     return {name: t.detach().cpu().to(torch.float64) for name, t in result.items() if name in quantities}
 
@@ -162,16 +160,17 @@ def judge(name: str, dtype: torch.dtype, actual: dict | None, truth: dict, basel
     return judged
 
 
-def assert_matches_reference(impl: Implementation, problem: Problem, dtype: torch.dtype, device="cpu",
+def assert_matches_reference(impl: Implementation, problem, dtype: torch.dtype, device="cpu",
                              quantities=None, thresholds: Thresholds | None = None) -> None:
     """Each quantity within its per-case bound: the baseline runs on the same inputs, on the same device."""
-    thresholds = thresholds or Thresholds.load()
-    asked = [q for q in quantities or QUANTITIES if q in quantities_of(impl)]
+    operator = operators.of(problem)
+    thresholds = thresholds or Thresholds.load(operator=operator.name)
+    asked = [q for q in quantities or operator.quantities if q in quantities_of(impl)]
     if not asked:
         raise ValueError(f"{impl.name} has no backward: none of {', '.join(quantities)} can be checked")
     truth = expected(problem, dtype, asked)
     actual = evaluate(impl, problem, dtype, device, asked)
-    yardstick = actual if impl.baseline else evaluate(baseline(), problem, dtype, device, asked)
+    yardstick = actual if impl.baseline else evaluate(operator.registry.baseline(), problem, dtype, device, asked)
     measured = {q: differences(yardstick[q], truth[q]) for q in truth}
     for quantity, verdict in judge(impl.name, dtype, actual, truth, measured, thresholds).items():
         torch.testing.assert_close(

@@ -1,6 +1,6 @@
 """The parity gate: a seeded sweep of the parity strategies against the reference.
 
-    python -m parity --device cpu [--impl NAME ...] [--dtype ...] [--examples K]
+    python -m parity --device cpu [--op dcnv3|msda] [--impl NAME ...] [--dtype ...] [--examples K]
                      [--seed S] [--out DIR] [--thresholds FILE] [--timeout S] [--no-isolate]
                      [--devices all|N|0,3,5]   (one pytest-xdist worker per device; parity/spread.py)
                      [--impl-module package.module:Name ...]   (your own kernel; impls/external.py)
@@ -29,8 +29,7 @@ import impls
 from impls import devices, external, internimage
 from impls.cli import DTYPES, UsageError, dtype_name
 from parity import model as model_parity
-from parity import export, runner, spread
-from parity.regressions import REGRESSIONS
+from parity import export, operators, runner, spread
 from parity.summary import markdown, publish, summarise
 from parity.thresholds import DEFAULT_PATH, Thresholds
 
@@ -41,6 +40,8 @@ MODEL_DTYPES = [torch.float64, torch.float32, torch.bfloat16]
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m parity", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, npu, or auto (best present; default)")
+    parser.add_argument("--op", choices=sorted(operators.OPERATORS), default="dcnv3",
+                        help="the operator: dcnv3 (default) or msda (multi-scale deformable attention)")
     parser.add_argument("--impl", nargs="+", metavar="NAME", help="implementations to check (default: all available)")
     external.add_option(parser.add_argument, "check")
     parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), help="dtypes (default: all each implementation supports)")
@@ -72,6 +73,8 @@ def parse_args(argv):
         parser.error("--examples must be >= 0")
     if not args.timeout > 0:
         parser.error("--timeout must be > 0")
+    if args.op != "dcnv3" and (args.model is not None or args.export is not None):
+        parser.error("--model and --export are InternImage's (DCNv3): not with --op msda")
     if args.devices is not None and (args.model is not None or ":" in args.device):
         parser.error("--devices spreads the case sweep of one device type: not with --model or an index in --device")
     if args.export is not None:
@@ -99,26 +102,27 @@ def main(argv=None) -> int:
     try:
         device = devices.resolve(args.device)
         workers = None if args.devices is None else devices.worker_devices(device.type, args.devices)
-        external.load(args.impl_module)
-        implementations, skipped = runner.select_implementations(args.impl, device, skip_interpreted=bool(args.model))
+        external.load(args.impl_module, args.op)
+        implementations, skipped = runner.select_implementations(args.impl, device, skip_interpreted=bool(args.model),
+                                                                 operator=args.op)
         if not implementations:
             raise UsageError(f"no implementation to check on {device}: " + "; ".join(skipped.values()))
-        thresholds = Thresholds.load(args.thresholds)
+        thresholds = Thresholds.load(args.thresholds, args.op)
         default_dtypes = MODEL_DTYPES if args.model else list(DTYPES.values())
         dtypes, unusable = runner.usable_dtypes([DTYPES[name] for name in args.dtype] if args.dtype else default_dtypes, device)
-    except (UsageError, ValueError, OSError) as error:
+    except (UsageError, ValueError, OSError, KeyError) as error:
         print(f"python -m parity: {error}", file=sys.stderr)
         return 2
 
     skipped.update(unusable)
     if args.model:
         return model_parity.main(args, implementations, skipped, dtypes, device)
-    cases = runner.sweep(args.examples, args.seed)
+    cases = runner.sweep(args.examples, args.seed, args.op)
     started = time.perf_counter()
     where = ""
     if workers is not None:
         sweep = spread.Sweep(device.type, [i.name for i in implementations], dtypes, cases, thresholds,
-                             args.compiled_examples, args.impl_module or [], args.timeout)
+                             args.compiled_examples, args.impl_module or [], args.timeout, args.op)
         results, per_device = spread.run(sweep, workers)
         where = " Spread over " + ", ".join(f"{name} ({count} items)" for name, count in sorted(per_device.items())) + "."
     else:
@@ -132,9 +136,10 @@ def main(argv=None) -> int:
     elapsed = time.perf_counter() - started
     failed = int((~results["pass"]).sum())
     verdict = "PASS" if failed == 0 else f"FAIL: {failed} of {len(results)} rows over their bounds"
+    operator = operators.OPERATORS[args.op]
     header = (
-        f"# Parity against the float64 reference on {device}\n\n"
-        f"{len(cases)} cases ({len(REGRESSIONS)} regression, seed {args.seed}), "
+        f"# {operator.title} parity against the float64 reference on {device}\n\n"
+        f"{len(cases)} cases ({len(operator.regressions)} regression, seed {args.seed}), "
         f"torch {torch.__version__}, {elapsed:.1f} s.{where} {verdict}."
     )
     return publish(markdown(summary, skipped, header), results, args.out, "parity", failed)

@@ -27,8 +27,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-import impls
 from impls import Implementation, devices, external
+from impls.registry import REGISTRIES
 
 # Preloaded by the forkserver: what every child needs, imported once.
 PRELOAD = ["torch", "impls", "parity.compare", "parity.isolate"]
@@ -69,7 +69,8 @@ def inline(task: Task, impl: Implementation, work: list, device: torch.device) -
 def isolated(task: Task, impl: Implementation, work: list, device: torch.device,
              timeout: float) -> Iterator[Outcome]:
     """The work in child processes: as `inline`, and a crash or a hang fails the item it was on."""
-    if not impl.origin and impl.name in impls.names() and impls.get(impl.name) is not impl:
+    registry = REGISTRIES[impl.operator.name]
+    if not impl.origin and impl.name in registry.names() and registry.get(impl.name) is not impl:
         # A child would rebuild the registered one of that name, a different implementation.
         reason = (f"{impl.name} cannot run in a child process: it is not the implementation registered under that "
                   "name (a child would run that one); run it with --no-isolate")
@@ -80,7 +81,8 @@ def isolated(task: Task, impl: Implementation, work: list, device: torch.device,
     remaining, crashes = list(work), 0
     while remaining:
         receiving, sending = context.Pipe(duplex=False)
-        child = context.Process(target=_serve, args=(sending, sys.path, task, impl.name, impl.origin, device, remaining),
+        child = context.Process(target=_serve, args=(sending, sys.path, task, impl.name, impl.origin, impl.operator.name, device,
+                                      remaining),
                                 name=f"parity-{impl.name}", daemon=True)
         child.start()
         sending.close()
@@ -147,7 +149,8 @@ def _death(child) -> str:
     return f"exited with status {code}"
 
 
-def _serve(sending, path: list[str], task: Task, name: str, origin: str, device: torch.device, work: list) -> None:
+def _serve(sending, path: list[str], task: Task, name: str, origin: str, operator: str, device: torch.device,
+           work: list) -> None:
     global _beat
     # The forkserver holds the sys.path of when it started; an --impl-module may need what came later.
     sys.path[:] = path
@@ -158,9 +161,10 @@ def _serve(sending, path: list[str], task: Task, name: str, origin: str, device:
     _beat = beat
     importlib.invalidate_caches()
     try:
-        if origin and name not in impls.names():
-            external.load([origin])
-        impl = impls.get(name)
+        registry = REGISTRIES[operator]
+        if origin and name not in registry.names():
+            external.load([origin], operator)
+        impl = registry.get(name)
     except (KeyError, ValueError) as missing:
         sending.send(("unresolvable", f"{name} cannot run in a child process ({devices.describe(missing)}): it is "
                       "registered in this process only, not a built-in, plug-in or --impl-module; run it with --no-isolate"))

@@ -7,6 +7,7 @@ records); `tensors()` builds the same inputs from it on any device and dtype.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 
@@ -21,6 +22,8 @@ SMOOTH_MARGIN = 0.02
 
 @dataclass(frozen=True)
 class Problem:
+    OPERATOR: ClassVar[str] = "dcnv3"
+
     batch: int
     height: int
     width: int
@@ -63,6 +66,12 @@ class Problem:
         offset = self._offset(gen)
         grad_output = torch.randn(self.batch, out_h, out_w, p.channels, generator=gen, dtype=torch.float64)
         return tuple(t.to(device=device, dtype=dtype) for t in (input, offset, mask, grad_output))
+
+    def call(self, impl, leaves):
+        return impl(*leaves, self.params)
+
+    def comparable(self, leaves) -> torch.Tensor:
+        return self.offset_gradient_mask(leaves[1])
 
     def base_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Sampling (y, x) of every point with zero offset, broadcastable to [N, Ho, Wo, G, P]."""
@@ -111,7 +120,7 @@ class Problem:
         else:
             raise ValueError(f"offset_kind must be one of {OFFSET_KINDS}, got {self.offset_kind!r}")
         if self.smooth:
-            y, x = _away_from_integers(y), _away_from_integers(x)
+            y, x = away_from_integers(y), away_from_integers(x)
         dx = (x - base_x) / p.offset_scale
         dy = (y - base_y) / p.offset_scale
         return torch.stack((dx, dy), -1).reshape(self.batch, out_h, out_w, p.group * p.points * 2)
@@ -124,7 +133,7 @@ def _near_border(position: torch.Tensor, size: int, gen: torch.Generator) -> tor
     return torch.where(on_line, lines[pick], position)
 
 
-def _away_from_integers(position: torch.Tensor) -> torch.Tensor:
+def away_from_integers(position: torch.Tensor) -> torch.Tensor:
     whole = torch.floor(position)
     return whole + (position - whole).clamp(SMOOTH_MARGIN, 1 - SMOOTH_MARGIN)
 

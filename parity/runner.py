@@ -16,31 +16,29 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from tqdm import tqdm
 
-import impls
 from impls import devices
 from impls.cli import UsageError, dtype_name
-from parity.compare import QUANTITIES, differences, evaluate, evaluate_on_side_stream, expected, judge, quantities_of
+from parity import operators
+from parity.compare import differences, evaluate, evaluate_on_side_stream, expected, judge, quantities_of
 from parity.isolate import inline, isolated
-from parity.problems import Problem
-from parity.regressions import REGRESSIONS
 from parity.summary import ParityRow
-from parity.strategies import problems
 from parity.thresholds import Thresholds
 
 # Seconds a child may go without finishing a case: the first case of an implementation that compiles
 # includes compiling it (torch.compile's forward and backward: under a minute on 2 CPU cores).
 DEFAULT_TIMEOUT = 300.0
-# The regression problem whose sums collide most (many points on few pixels), run this many times per
-# implementation and dtype: the run-to-run spread of atomic-add kernels (exactly 0 expected elsewhere).
-SPREAD_CASE, SPREAD_RUNS = "colliding_input_gradient", 5
-# Run once more on CUDA and the NPU with its inputs written on a side stream (parity/compare.py), of
-# another device of the host where it has one (devices.another_device).
-STREAM_CASE = "padding_order"
+# The operator's spread case (the regression problem whose sums collide most: many points on few
+# pixels) runs this many times per implementation and dtype: the run-to-run spread of atomic-add kernels
+# (exactly 0 expected elsewhere). Its stream case runs once more on CUDA and the NPU with its inputs
+# written on a side stream (parity/compare.py), of another device of the host where it has one
+# (devices.another_device).
+SPREAD_RUNS = 5
 
 
-def sweep(examples: int, seed: int) -> list[Problem]:
-    """The regression problems, then `examples` problems drawn by the parity strategies."""
-    drawn: list[Problem] = []
+def sweep(examples: int, seed: int, operator: str = "dcnv3") -> list:
+    """The operator's regression problems, then `examples` problems drawn by its parity strategies."""
+    spec = operators.OPERATORS[operator]
+    drawn = []
 
     @settings(
         max_examples=max(examples, 1),
@@ -50,19 +48,21 @@ def sweep(examples: int, seed: int) -> list[Problem]:
         suppress_health_check=list(HealthCheck),
     )
     @hypothesis_seed(seed)
-    @given(problems())
+    @given(spec.problems())
     def collect(problem):
         drawn.append(problem)
 
     if examples > 0:
         collect()
-    return list(REGRESSIONS.values()) + drawn[:examples]
+    return list(spec.regressions.values()) + drawn[:examples]
 
 
-def select_implementations(requested: list[str] | None, device: torch.device, skip_interpreted: bool = False):
-    """(implementations to check, {name: reason} of those skipped); skip_interpreted leaves interpreters
-    out unless requested (a whole model through Triton's CPU interpreter takes minutes)."""
-    known = impls.names()
+def select_implementations(requested: list[str] | None, device: torch.device, skip_interpreted: bool = False,
+                           operator: str = "dcnv3"):
+    """(the operator's implementations to check, {name: reason} of those skipped); skip_interpreted leaves
+    interpreters out unless requested (a whole model through Triton's CPU interpreter takes minutes)."""
+    registry = operators.OPERATORS[operator].registry
+    known = registry.names()
     names = requested or [n for n in known if n != "reference"]
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -71,7 +71,7 @@ def select_implementations(requested: list[str] | None, device: torch.device, sk
         raise UsageError("reference is the ground truth; choose implementations to check against it")
     chosen, skipped = [], {}
     for name in names:
-        impl = impls.get(name)
+        impl = registry.get(name)
         reason = impl.unavailable_reason(device)
         if reason is None and not requested and skip_interpreted and impl.interpreted():
             reason = f"{name} runs in an interpreter here: name it with --impl to check it anyway"
@@ -132,10 +132,10 @@ class Progress:
 
 class Run(NamedTuple):
     """One evaluation in an implementation's work: a case in a dtype; the spread case's repeats come
-    with repeat > 0, and on devices with streams STREAM_CASE once more on a side stream."""
+    with repeat > 0, and on devices with streams the stream case once more on a side stream."""
 
     index: int
-    problem: Problem
+    problem: object
     dtype: torch.dtype
     repeat: int = 0
     side_stream: bool = False
@@ -163,7 +163,7 @@ class Memo(NamedTuple):
 def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled_examples: int | None = None,
         progress: bool = True, isolate: bool = True, timeout: float = DEFAULT_TIMEOUT,
         indices: set[int] | None = None, memo: Memo | None = None) -> pd.DataFrame:
-    """Rows for every implementation x case of `sweep()` x dtype it declares; implementations that
+    """Rows for every implementation (of one operator) x case of `sweep()` x dtype it declares; implementations that
     compile per shape or run in an interpreter take the regression problems (Problem.regression) and
     the first `compiled_examples` drawn ones.
 
@@ -171,13 +171,14 @@ def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled
     per-case bounds (parity/thresholds.py). Then one implementation at a time, each in a child process
     unless isolate is False (parity/isolate.py); each case's reference is computed once for all (once per
     `memo`, where one is given).
-    SPREAD_CASE runs SPREAD_RUNS times: its rows' `run_spread` is the largest difference between runs
-    (atomic-add kernels differ run to run). On CUDA and the NPU, STREAM_CASE runs once more with its
+    The spread case runs SPREAD_RUNS times: its rows' `run_spread` is the largest difference between runs
+    (atomic-add kernels differ run to run). On CUDA and the NPU, the stream case runs once more with its
     inputs written on a side stream (rows with `side_stream` True) of another device where the host has
     one (a worker of parity/spread.py sees its own device alone). With `indices`, only those cases of
     `cases` run (the rows are the full sweep's rows of those cases)."""
-    spread_index, stream_index = (next((i for i, problem in enumerate(cases) if problem == REGRESSIONS[name]), None)
-                                  for name in (SPREAD_CASE, STREAM_CASE))
+    spec = operators.of(implementations[0])
+    spread_index, stream_index = (next((i for i, problem in enumerate(cases) if problem == spec.regressions[name]), None)
+                                  for name in (spec.spread_case, spec.stream_case))
     stream_device = devices.another_device(device) if devices.has_streams(device) else None
     if stream_device is None:
         stream_index = None
@@ -201,7 +202,7 @@ def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled
                     work.append(Run(index, problem, dtype, side_stream=True))
         return [run for run in work if indices is None or run.index in indices]
 
-    base = impls.baseline()
+    base = spec.registry.baseline()
     checked = {impl.name for impl in implementations}
     needed = {(run.index, run.dtype) for impl in implementations for run in work_of(impl, False)}
     order = [base] + [impl for impl in implementations if impl.name != base.name]
@@ -249,7 +250,7 @@ def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled
     return pd.DataFrame([row.row() for row in rows])
 
 
-def failed_rows(impl, problem: Problem, index: int, dtypes, device_type: str, thresholds: Thresholds,
+def failed_rows(impl, problem, index: int, dtypes, device_type: str, thresholds: Thresholds,
                 error: str) -> pd.DataFrame:
     """The rows of `impl` on case `index` where it gave no result at all (its worker died), all failing."""
     rows = [ParityRow(impl.name, device_type, dtype_name(dtype), quantity, index, False, verdict, problem.label(),
@@ -260,15 +261,16 @@ def failed_rows(impl, problem: Problem, index: int, dtypes, device_type: str, th
     return pd.DataFrame([row.row() for row in rows])
 
 
-def in_sweep_order(rows: pd.DataFrame, names: list[str], dtypes) -> pd.DataFrame:
-    """Rows of the implementations `names` in the order run() makes them: the baseline first, then
-    implementation, case, dtype, the side stream's after the default stream's, quantity."""
-    base = impls.baseline().name
+def in_sweep_order(rows: pd.DataFrame, names: list[str], dtypes, operator: str = "dcnv3") -> pd.DataFrame:
+    """Rows of the operator's implementations `names` in the order run() makes them: the baseline first,
+    then implementation, case, dtype, the side stream's after the default stream's, quantity."""
+    spec = operators.OPERATORS[operator]
+    base = spec.registry.baseline().name
     order = [base] + [name for name in names if name != base]
     rank = {
         "implementation": {name: i for i, name in enumerate(order)},
         "dtype": {dtype_name(dtype): i for i, dtype in enumerate(dtypes)},
-        "quantity": {quantity: i for i, quantity in enumerate(QUANTITIES)},
+        "quantity": {quantity: i for i, quantity in enumerate(spec.quantities)},
     }
     keys = ["implementation", "case", "dtype", "side_stream", "quantity"]
     return rows.sort_values(keys, key=lambda column: column.map(rank[column.name]) if column.name in rank else column,

@@ -35,10 +35,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import impls
 from impls import devices, external
+from impls.registry import REGISTRIES
 from parity import runner
-from parity.problems import Problem
 from parity.thresholds import Thresholds
 
 OPTION = "--parity-spread"
@@ -52,13 +51,18 @@ class Sweep:
     device_type: str
     implementations: list[str]
     dtypes: list
-    cases: list[Problem]
+    cases: list
     thresholds: Thresholds
     compiled_examples: int | None
     impl_module: list[str]
     timeout: float
+    operator: str = "dcnv3"
     # The controller's sys.path: an --impl-module may need entries added after xdist froze its copy.
     path: list[str] = field(default_factory=lambda: list(sys.path))
+
+    @property
+    def registry(self):
+        return REGISTRIES[self.operator]
 
 
 def on_workers(items: Path, plugin: str, option: str, payload, device_type: str, workers: list[int | None],
@@ -86,7 +90,7 @@ def payload_of(config, option: str):
     if option not in _PAYLOADS:
         payload = pickle.loads(Path(config.getoption(option)).read_bytes())
         sys.path[:] = payload.path
-        external.load(payload.impl_module)
+        external.load(payload.impl_module, payload.operator)
         _PAYLOADS[option] = payload
     return _PAYLOADS[option]
 
@@ -127,11 +131,11 @@ def run(sweep: Sweep, workers: list[int | None]) -> tuple[pd.DataFrame, Counter]
     collector = Collector()
     on_workers(Path(__file__), "parity.spread", OPTION, sweep, sweep.device_type, workers, collector)
     rows = pd.DataFrame(collector.rows)
-    lost = [runner.failed_rows(impls.get(name), sweep.cases[case], case, sweep.dtypes, sweep.device_type,
+    lost = [runner.failed_rows(sweep.registry.get(name), sweep.cases[case], case, sweep.dtypes, sweep.device_type,
                                sweep.thresholds, f"the worker died on this case ({why})")
             for name, case, why in collector.lost]
     rows = pd.concat([rows, *lost], ignore_index=True) if lost else rows
-    return runner.in_sweep_order(rows, sweep.implementations, sweep.dtypes), collector.items_per_device
+    return runner.in_sweep_order(rows, sweep.implementations, sweep.dtypes, sweep.operator), collector.items_per_device
 
 
 def pytest_addoption(parser):
@@ -147,7 +151,8 @@ class SweepFile(pytest.File):
         sweep = payload_of(self.config, OPTION)
         for index in range(len(sweep.cases)):
             for name in sweep.implementations:
-                yield SweepItem.from_parent(self, name=f"{name}[case{index}]", impl=impls.get(name), index=index)
+                yield SweepItem.from_parent(self, name=f"{name}[case{index}]", impl=sweep.registry.get(name),
+                                             index=index)
 
 
 class SweepItem(pytest.Item):

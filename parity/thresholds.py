@@ -58,19 +58,30 @@ class Bound:
         return Limits(max_bound, mean_bound, rule, bool(max_abs <= max_bound and mean_abs <= mean_bound))
 
 
+# Operators other than DCNv3 keep their tables under their name ([msda.float32], [msda.overrides...]);
+# DCNv3's stay at the top, where they were before there was a second operator.
+OPERATOR_SECTIONS = ("msda",)
+
+
 class Thresholds:
     """[rule] holds k and m for every dtype and quantity; [<dtype>] <quantity> = {ceiling, floor, mean_floor},
-    optionally with k or m of its own; [overrides.<implementation>.<dtype>] <quantity> = {any of the five}."""
+    optionally with k or m of its own; [overrides.<implementation>.<dtype>] <quantity> = {any of the five}.
+    An operator's section ([msda]) holds the same tables for it, under the same [rule]."""
 
-    def __init__(self, table: dict):
+    def __init__(self, table: dict, operator: str = "dcnv3"):
         self._rule = table.get("rule", {})
-        self._defaults = {k: v for k, v in table.items() if k not in ("rule", "overrides")}
+        if operator != "dcnv3":
+            if operator not in table:
+                raise KeyError(f"thresholds file has no [{operator}] tables")
+            table = table[operator]
+        ignored = ("rule", "overrides", *OPERATOR_SECTIONS)
+        self._defaults = {k: v for k, v in table.items() if k not in ignored}
         self._overrides = table.get("overrides", {})
 
     @classmethod
-    def load(cls, path: Path | str = DEFAULT_PATH) -> "Thresholds":
+    def load(cls, path: Path | str = DEFAULT_PATH, operator: str = "dcnv3") -> "Thresholds":
         with open(path, "rb") as handle:
-            return cls(tomllib.load(handle))
+            return cls(tomllib.load(handle), operator)
 
     def get(self, implementation: str, dtype: torch.dtype, quantity: str) -> Bound:
         name = dtype_name(dtype)

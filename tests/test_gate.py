@@ -10,8 +10,11 @@ import torch
 import impls
 from impls import cli, devices, registry
 from parity import gate, runner
+from parity.operators import OPERATORS
 from parity.regressions import REGRESSIONS
 from parity.thresholds import Bound, Thresholds
+
+DCNV3 = OPERATORS["dcnv3"]
 
 
 def test_gate_passes_writes_csv_and_markdown(tmp_path, capsys):
@@ -29,7 +32,7 @@ def test_gate_passes_writes_csv_and_markdown(tmp_path, capsys):
     assert rows["pass"].all() and (rows["max_abs_diff"] <= rows["bound"]).all() and (rows["bound"] <= rows["ceiling"]).all()
     # The baseline checked against itself: its errors are its bounds' measure, and k, m >= 1.
     assert (rows["max_abs_diff"] == rows["baseline_max_abs_diff"]).all()
-    assert set(rows.dropna(subset=["run_spread"])["problem"]) == {REGRESSIONS[runner.SPREAD_CASE].label()}
+    assert set(rows.dropna(subset=["run_spread"])["problem"]) == {REGRESSIONS[DCNV3.spread_case].label()}
     report = (tmp_path / "parity.md").read_text()
     assert "PASS" in report and report in capsys.readouterr().out
 
@@ -100,7 +103,7 @@ def test_floors_cover_an_exact_baseline_and_the_ceiling_caps_everything():
 
 
 def test_run_to_run_spread_is_exactly_zero_for_cpu_kernel_and_shows_a_nondeterministic_port():
-    case = [REGRESSIONS[runner.SPREAD_CASE]]
+    case = [REGRESSIONS[DCNV3.spread_case]]
     exact = runner.run([impls.get("cpu_kernel")], list(cli.DTYPES.values()), case, torch.device("cpu"),
                      Thresholds.load(), progress=False, isolate=False)
     assert len(exact) == 4 * 4 and (exact["run_spread"] == 0).all()
@@ -131,7 +134,7 @@ def test_a_kernel_on_the_default_stream_fails_the_side_stream_case():
 
     port = registry.register("default_stream")(default_stream)
     try:
-        rows = runner.run([port], [torch.float32], [REGRESSIONS[runner.STREAM_CASE]], torch.device("cuda"),
+        rows = runner.run([port], [torch.float32], [REGRESSIONS[DCNV3.stream_case]], torch.device("cuda"),
                         Thresholds.load(), progress=False, isolate=False)
     finally:
         registry.remove("default_stream")

@@ -89,7 +89,7 @@ def test_a_port_that_crashes_while_timed_loses_its_own_rows_only(tmp_path, monke
     assert set(timed["implementation"]) == {"grid_sample"} and len(timed) == 3
     # It passed parity (small images) and went down on the first benchmark shape over 300 pixels.
     lost = json.loads((tmp_path / "environment.json").read_text())["not_timed"]["segfaults_when_timed"]
-    assert lost == "crashed: SIGSEGV while timing bench/test_bench.py::test_dcnv3[segfaults_when_timed-q20-G4D16-forward-float32]"
+    assert lost == "crashed: SIGSEGV while timing bench/test_bench.py::test_operator[segfaults_when_timed-q20-G4D16-forward-float32]"
 
 
 def test_a_hang_while_timed_is_killed_and_named():
@@ -103,4 +103,4 @@ def test_a_hang_while_timed_is_killed_and_named():
         registry.remove("hangs_when_timed")
     assert outcome.value is None
     assert outcome.error == ("timed out after 2 s while timing "
-                             "bench/test_bench.py::test_dcnv3[hangs_when_timed-q20-G4D16-forward-float32]")
+                             "bench/test_bench.py::test_operator[hangs_when_timed-q20-G4D16-forward-float32]")

@@ -21,8 +21,11 @@ from bench import instruments
 from impls import dcnv2_mapping, devices
 from impls.registry import Implementation
 from parity import compare, gate, runner
+from parity.operators import OPERATORS
 from parity.regressions import REGRESSIONS
 from parity.thresholds import Thresholds
+
+DCNV3 = OPERATORS["dcnv3"]
 
 ROOT = Path(__file__).resolve().parent.parent
 EMULATION = ROOT / "tests" / "emulated_npu"
@@ -156,7 +159,7 @@ def test_the_gate_runs_a_case_with_its_inputs_written_on_a_side_stream():
     ignores the current stream, since the emulated device runs every operator in issue order."""
     rows = runner.run([impls.get("grid_sample")], [torch.float32], list(REGRESSIONS.values()), NPU, Thresholds.load())
     on_side_stream = rows[rows["side_stream"]]
-    assert set(on_side_stream["case"]) == {list(REGRESSIONS).index(runner.STREAM_CASE)} and len(on_side_stream) == 4
+    assert set(on_side_stream["case"]) == {list(REGRESSIONS).index(DCNV3.stream_case)} and len(on_side_stream) == 4
     assert rows["pass"].all()
 
 

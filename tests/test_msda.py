@@ -1,0 +1,217 @@
+"""MSDA's interface, contract and gate (../shared/MSDA.md): the reference against finite differences, every
+bad-input item for every implementation and for ms_deform_attn, legal but unusual input, the drop-in's
+argument order, plug-ins under MSDA's own entry-point group, and mutant ports carrying the published
+differences failing the regression problem that pins each."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import pytest
+import torch
+
+from impls import external, msda
+from impls.msda.grid_sample import grid_sample as published_core
+from parity import compare, gate, runner
+from parity.msda.problems import MSDAProblem
+from parity.msda.regressions import REGRESSIONS
+from parity.operators import OPERATORS
+from parity.thresholds import Thresholds
+
+IMPLEMENTATIONS = [name for name in msda.names() if name != "reference"]
+THRESHOLDS = Thresholds.load(operator="msda")
+
+
+def arguments(problem: MSDAProblem, dtype=torch.float32, device="cpu"):
+    """The five arguments of an implementation call on problem."""
+    value, locations, weights, _ = problem.tensors(dtype, device)
+    return (value, *problem.index_tensors(device), locations, weights)
+
+
+def passes(impl, problem, dtype=torch.float32) -> bool:
+    rows = runner.run([impl], [dtype], [problem], torch.device("cpu"), THRESHOLDS, progress=False, isolate=False)
+    return bool(rows["pass"].all())
+
+
+def test_reference_backward_matches_finite_differences():
+    problem = dataclasses.replace(REGRESSIONS["per_level_split"], batch=1, queries=2)
+    value, shapes, starts, locations, weights = arguments(problem, torch.float64)
+    leaves = [t.requires_grad_() for t in (value, locations, weights)]
+    reference = msda.get("reference")
+    assert torch.autograd.gradcheck(lambda v, loc, w: reference(v, shapes, starts, loc, w), leaves)
+
+
+def test_reference_samples_pixel_centres_x_first():
+    """A location at pixel (r, c)'s centre reads exactly that pixel: x = (c + 0.5) / W, y = (r + 0.5) / H."""
+    levels = ((2, 3), (1, 2))
+    value = torch.arange(8, dtype=torch.float64).reshape(1, 8, 1, 1)
+    shapes, starts = MSDAProblem(1, levels, 1, 1, 1, 1).index_tensors("cpu")
+    locations = torch.tensor([[(2.5 / 3, 1.5 / 2)], [(0.5 / 2, 0.5)]], dtype=torch.float64).reshape(1, 1, 1, 2, 1, 2)
+    weights = torch.tensor([1.0, 10.0], dtype=torch.float64).reshape(1, 1, 1, 2, 1)
+    for name in msda.names():
+        output = msda.get(name)(value, shapes, starts, locations, weights)
+        # Level 0 pixel (1, 2) is value[5]; level 1 pixel (0, 0) is value[6].
+        torch.testing.assert_close(output, torch.tensor([[[5.0 + 60.0]]], dtype=torch.float64), msg=name)
+
+
+def _replaced(args, index, tensor):
+    args = list(args)
+    args[index] = tensor
+    return args
+
+
+GOOD = arguments(MSDAProblem(batch=2, levels=((3, 4), (2, 2)), queries=5, heads=2, channels=3, points=2))
+BAD = {
+    "value rank": (_replaced(GOOD, 0, GOOD[0].flatten(2)), r"value must have rank 4"),
+    "spatial_shapes rank": (_replaced(GOOD, 1, GOOD[1].flatten()), r"spatial_shapes must have rank 2"),
+    "level_start_index rank": (_replaced(GOOD, 2, GOOD[2][None]), r"level_start_index must have rank 1"),
+    "locations rank": (_replaced(GOOD, 3, GOOD[3].flatten(4)), r"sampling_locations must have rank 6"),
+    "weights rank": (_replaced(GOOD, 4, GOOD[4].flatten(3)), r"attention_weights must have rank 5"),
+    "locations batch": (_replaced(GOOD, 3, GOOD[3][:1]), r"sampling_locations N is 1, expected 2"),
+    "locations heads": (_replaced(GOOD, 3, GOOD[3][:, :, :1]), r"sampling_locations M is 1, expected 2"),
+    "locations levels": (_replaced(GOOD, 3, GOOD[3][:, :, :, :1]), r"sampling_locations L is 1, expected 2"),
+    "locations pair": (_replaced(GOOD, 3, GOOD[3][..., :1]), r"last dimension must be 2 \(x, y\)"),
+    "weights points": (_replaced(GOOD, 4, GOOD[4][..., :1]), r"attention_weights shape .* must be sampling_locations'"),
+    "S": (_replaced(GOOD, 0, GOOD[0][:, :-1]), r"value has S=15 positions but spatial_shapes sums to .* = 16"),
+    "start index": (_replaced(GOOD, 2, torch.tensor([0, 11])), r"level_start_index must be the running sum .*\[0, 12\]"),
+    "level size": (_replaced(GOOD, 1, torch.tensor([[4, 4], [0, 2]])), r"spatial_shapes must hold positive level sizes"),
+    "index dtype": (_replaced(GOOD, 1, GOOD[1].float()), r"spatial_shapes must be an integer tensor"),
+    "start dtype": (_replaced(GOOD, 2, GOOD[2].float()), r"level_start_index must be an integer tensor"),
+    "mixed dtype": (_replaced(GOOD, 4, GOOD[4].double()), r"attention_weights has dtype torch.float64 but value has"),
+    "not a tensor": (_replaced(GOOD, 3, GOOD[3].tolist()), r"sampling_locations must be a torch.Tensor"),
+    "index device": (_replaced(GOOD, 1, GOOD[1].to("meta")), r"spatial_shapes is on meta but value is on cpu"),
+    "value device": (_replaced(GOOD, 3, GOOD[3].to("meta")), r"sampling_locations is on meta but value is on cpu"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+@pytest.mark.parametrize("name", msda.names())
+def test_bad_input_names_the_argument(name, case):
+    args, message = BAD[case]
+    with pytest.raises(ValueError, match=message):
+        msda.get(name)(*args)
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_drop_in_checks_before_any_work(case):
+    args, message = BAD[case]
+    with pytest.raises(ValueError, match=message):
+        msda.ms_deform_attn(*args, 64)
+
+
+def test_a_dtype_the_implementation_does_not_declare_is_refused():
+    narrow = msda.register("float64_only", dtypes=[torch.float64])(published_core.fn)
+    try:
+        with pytest.raises(ValueError, match=r"value dtype torch.float32 is not supported by float64_only"):
+            narrow(*GOOD)
+    finally:
+        msda.IMPLEMENTATIONS.remove("float64_only")
+
+
+@pytest.mark.parametrize("step", [0, -1, 2.0])
+def test_im2col_step_must_be_a_positive_int(step):
+    with pytest.raises(ValueError, match="im2col_step must be a positive int"):
+        msda.ms_deform_attn(*GOOD, step)
+
+
+@pytest.mark.parametrize("impl", ["auto", *IMPLEMENTATIONS])
+def test_drop_in_gives_the_reference_whatever_im2col_step(impl):
+    truth = msda.get("reference")(*GOOD)
+    for step in (1, 64):
+        torch.testing.assert_close(msda.ms_deform_attn(*GOOD, step, impl=impl), truth)
+
+
+def test_auto_picks_an_implementation_with_a_backward_for_gradients():
+    value, shapes, starts, locations, weights = (t.clone() for t in GOOD)
+    leaves = [t.requires_grad_() for t in (value, locations, weights)]
+    output = msda.ms_deform_attn(value, shapes, starts, locations, weights, 64)
+    gradients = torch.autograd.grad(output.sum(), leaves)
+    assert all(g.shape == t.shape for g, t in zip(gradients, leaves))
+    assert msda.auto(value.device, value.dtype, backward=True).name in IMPLEMENTATIONS
+
+
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_non_contiguous_views_give_the_same_numbers(name):
+    impl = msda.get(name)
+    value, shapes, starts, locations, weights = GOOD
+    # Views with other strides: heads and queries swapped in memory, and a broadcast of one weight row.
+    value_view = value.transpose(1, 2).contiguous().transpose(1, 2)
+    locations_view = locations.transpose(1, 2).contiguous().transpose(1, 2)
+    weights_view = weights[:, :1].expand_as(weights)
+    assert not value_view.is_contiguous() and weights_view.stride(1) == 0
+    torch.testing.assert_close(impl(value_view, shapes, starts, locations_view, weights_view),
+                               impl(value, shapes, starts, locations, weights_view.contiguous()))
+
+
+@pytest.mark.parametrize("name", IMPLEMENTATIONS)
+def test_empty_query_set_gives_empty_output_and_gradients(name):
+    problem = dataclasses.replace(REGRESSIONS["per_level_split"], queries=0)
+    found = compare.evaluate(msda.get(name), problem, torch.float32, "cpu")
+    assert found["output"].shape == (2, 0, 6) and found["grad_value"].abs().sum() == 0
+
+
+def swapped_xy(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    """Reads the last dimension as (y, x): one of mx_driving's documented layouts."""
+    return published_core.fn(value, spatial_shapes, level_start_index, sampling_locations.flip(-1), attention_weights)
+
+
+def softmax_inside(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    """Normalises the weights over L*P itself, as DCNv4's FlashDeformAttn does with logits."""
+    n, q, m, l, p = attention_weights.shape
+    weights = attention_weights.reshape(n, q, m, l * p).softmax(-1).reshape(n, q, m, l, p)
+    return published_core.fn(value, spatial_shapes, level_start_index, sampling_locations, weights)
+
+
+def levels_reversed(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    """Splits value by the level sizes taken in the wrong order."""
+    flipped = spatial_shapes.flip(0)
+    return published_core.fn(value, flipped, level_start_index, sampling_locations.flip(3), attention_weights.flip(3))
+
+
+MUTANTS = {"x_first": swapped_xy, "weights_not_normalised": softmax_inside, "per_level_split": levels_reversed}
+
+
+@pytest.mark.parametrize("regression", list(MUTANTS))
+def test_a_port_carrying_a_published_difference_fails_its_regression_and_the_fallback_passes(regression):
+    mutant = msda.register(f"mutant_{regression}")(MUTANTS[regression])
+    try:
+        assert not passes(mutant, REGRESSIONS[regression])
+    finally:
+        msda.IMPLEMENTATIONS.remove(mutant.name)
+    assert passes(msda.get("grid_sample"), REGRESSIONS[regression])
+
+
+def test_an_msda_port_loads_with_msdeformattn_apply_signature(tmp_path, monkeypatch):
+    (tmp_path / "my_msda_port.py").write_text(
+        "from impls.msda.grid_sample import grid_sample\n"
+        "class MSDeformAttnFunction:\n"
+        "    @staticmethod\n"
+        "    def apply(value, shapes, starts, locations, weights, im2col_step):\n"
+        "        assert im2col_step == 64\n"
+        "        return grid_sample.fn(value, shapes, starts, locations, weights)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        (port,) = external.load(["my_msda_port:MSDeformAttnFunction"], "msda")
+        assert port.operator is msda.MSDA and "MSDeformAttnFunction" in msda.names()
+        torch.testing.assert_close(port(*GOOD), msda.get("reference")(*GOOD))
+        with pytest.raises(ValueError, match="implements msda, not dcnv3"):
+            external.load(["impls.msda.grid_sample:grid_sample"], "dcnv3")
+    finally:
+        msda.IMPLEMENTATIONS.remove("MSDeformAttnFunction")
+
+
+def test_the_gate_runs_msda_and_writes_its_quantities(tmp_path):
+    status = gate.main(["--op", "msda", "--device", "cpu", "--impl", "optimized", "--examples", "3", "--seed", "7",
+                        "--out", str(tmp_path)])
+    assert status == 0
+    rows = pd.read_csv(tmp_path / "parity.csv")
+    assert set(rows["quantity"]) == set(OPERATORS["msda"].quantities)
+    assert rows["case"].nunique() == len(REGRESSIONS) + 3 and rows["pass"].all()
+    assert set(rows["implementation"]) == {"optimized"}
+    assert "MSDA parity" in (tmp_path / "parity.md").read_text()
+
+
+def test_the_gate_refuses_an_msda_model_run():
+    with pytest.raises(SystemExit):
+        gate.parse_args(["--op", "msda", "--model", "internimage-mini"])
