@@ -52,33 +52,40 @@ def _native_flags() -> list[str]:
 _extension = None
 
 
-@functools.lru_cache(maxsize=None)
-def build_error() -> str | None:
-    """Build (or reuse) and load the extension once per process; the reason it failed, or None."""
+def load_extension(name: str, source: Path, python_module: bool):
+    """(the built or reused extension, None), or (None, the reason it did not build): the C++ source built
+    with this kernel's flags into build_directory(). Shared by every operator's C++ kernel."""
     from torch.utils import cpp_extension
 
-    global _extension
     directory = build_directory()
     directory.mkdir(parents=True, exist_ok=True)
     try:
-        _extension = cpp_extension.load(
-            name=NAME,
-            sources=[str(SOURCE)],
+        return cpp_extension.load(
+            name=name,
+            sources=[str(source)],
             build_directory=str(directory),
             # -fno-trapping-math: torch never reads floating-point exception flags, and
             # without it GCC keeps the per-point set-up loop scalar. -funroll-loops: the
             # forward's point loops ran 8-10% faster unrolled (InternImage-T, this machine).
             extra_cflags=["-O3", "-fopenmp", "-fno-trapping-math", "-funroll-loops", *_native_flags()],
             extra_ldflags=["-fopenmp"],
-            is_python_module=True,
+            is_python_module=python_module,
             verbose=False,
-        )
+        ), None
     except Exception as error:  # a compiler error, a missing compiler, a loader error
         lines = [line for line in str(error).splitlines() if line.strip()]
         detail = next((line for line in lines if "error" in line.lower()), lines[0] if lines else repr(error))
-        return f"the C++ kernel did not build in {directory}: {detail.strip()}"
-    _register_fake_kernels()
-    return None
+        return None, f"the C++ kernel did not build in {directory}: {detail.strip()}"
+
+
+@functools.lru_cache(maxsize=None)
+def build_error() -> str | None:
+    """Build (or reuse) and load the extension once per process; the reason it failed, or None."""
+    global _extension
+    _extension, error = load_extension(NAME, SOURCE, python_module=True)
+    if error is None:
+        _register_fake_kernels()
+    return error
 
 
 def _register_fake_kernels() -> None:
