@@ -93,8 +93,9 @@ def install_triton_unless_present(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
-    """The CPU parity gate, the model-level gate on the smallest backbone, then the test suite
-    (hypothesis profile `ci`, bounded and derandomized, unless HYPOTHESIS_PROFILE names another).
+    """The CPU parity gates of both operators (DCNv3, MSDA), the model-level gate on the smallest backbone,
+    then the test suite (hypothesis profile `ci`, bounded and derandomized, unless HYPOTHESIS_PROFILE names
+    another).
 
     The Triton kernel takes part through Triton's CPU interpreter."""
     install_needs(session, deploy=True)
@@ -105,6 +106,7 @@ def tests(session: nox.Session) -> None:
     # two pytest-xdist workers took 337 s against its 247 s (torch.compile's cold compiles dominate
     # both), and tests/test_spread.py proves the spread gives the single-process rows.
     python(session, "-m", "parity", "--device", "cpu", "--examples", GATE_EXAMPLES, env=interpreter)
+    python(session, "-m", "parity", "--op", "msda", "--device", "cpu", "--examples", GATE_EXAMPLES, env=interpreter)
     python(session, "-m", "parity", "--device", "cpu", *MODEL_GATE, env=interpreter)
     profile = {"HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci")}
     python(session, "-m", "pytest", "-n", "2", *session.posargs, env={**interpreter, **profile})

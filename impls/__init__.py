@@ -5,6 +5,7 @@
     impls.dcnv3(...)              -> drop-in for InternImage's DCNv3Function.apply
     impls.nn.DCNv3(...)           -> drop-in for InternImage's DCNv3 nn.Module (impls/nn.py)
     impls.internimage.build("T")  -> an InternImage backbone on it, for model-level parity and benchmarks
+    impls.msda                    -> the second operator, multi-scale deformable attention (impls/msda/)
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
+from bench import traffic
+from bench.run import main as bench_main
+from bench.shapes import SUITES, MSDAShape
+from bench.timing import TimingSettings
 from impls import external, msda
 from impls.msda.grid_sample import grid_sample as published_core
 from parity import compare, gate, runner
@@ -18,6 +22,7 @@ from parity.msda.problems import MSDAProblem
 from parity.msda.regressions import REGRESSIONS
 from parity.operators import OPERATORS
 from parity.thresholds import Thresholds
+from reports.build import main as reports_main
 
 IMPLEMENTATIONS = [name for name in msda.names() if name != "reference"]
 THRESHOLDS = Thresholds.load(operator="msda")
@@ -248,3 +253,32 @@ def test_cpu_kernel_value_gradient_is_the_same_on_every_run(cpu_kernel):
     first, again = (torch.autograd.grad(cpu_kernel(value, shapes, starts, locations, weights).sum(), value)[0]
                     for _ in range(2))
     assert torch.equal(first, again)
+
+
+def test_the_benchmark_times_msda_against_its_baseline_and_reports_it(tmp_path):
+    status = bench_main(["--op", "msda", "--device", "cpu", "--suite", "msda-quick", "--mode", "forward+backward",
+                         "--impl", "optimized", "--seconds", "0.01", "--min-rounds", "3", "--parity-examples", "2",
+                         "--out", str(tmp_path)])
+    assert status == 0
+    rows = pd.read_csv(tmp_path / "results.csv")
+    assert set(rows["implementation"]) == {"grid_sample", "optimized"} and set(rows["suite"]) == {"msda-quick"}
+    assert {"levels", "S", "Lq", "M", "D", "P", "gbps", "speedup"} <= set(rows.columns)
+    assert len(rows) == 2 * len(SUITES["msda-quick"]) and (rows[rows["baseline"]]["speedup"] == 1.0).all()
+    assert set(pd.read_csv(tmp_path / "parity.csv")["quantity"]) == set(OPERATORS["msda"].quantities)
+    assert reports_main([str(tmp_path)]) == 0 and "optimized" in (tmp_path / "summary.md").read_text()
+
+
+def test_a_suite_of_the_other_operator_is_refused_and_op_picks_its_default_suite():
+    assert TimingSettings(op="msda").suite == "msda" and TimingSettings(suite="msda-quick").op == "msda"
+    assert TimingSettings().op == "dcnv3"
+    with pytest.raises(ValueError, match="suite quick times dcnv3, not op msda"):
+        TimingSettings(op="msda", suite="quick")
+
+
+def test_bytes_moved_of_an_msda_call_by_hand():
+    shape = MSDAShape("s", batch=2, levels=((2, 3), (1, 1)), queries=5, heads=2, channels=4, points=3)
+    # value 2*7*2*4 = 112, locations 2*5*2*2*3*2 = 240, weights 120, output 2*5*8 = 80 (elements)
+    forward = 112 + 240 + 120 + 80
+    backward = 80 + 2 * (112 + 240 + 120)
+    assert traffic.bytes_moved(shape, "forward", torch.float32) == 4 * forward
+    assert traffic.bytes_moved(shape, "forward+backward", torch.float64) == 8 * (forward + backward)
