@@ -28,12 +28,29 @@ def make_inputs(shape: Shape, dtype: torch.dtype, device: torch.device, generato
     return tuple(t.to(device, dtype) for t in (input, offset, mask, grad_output))
 
 
+def reference_points(shape: MSDAShape, generator: torch.Generator) -> torch.Tensor:
+    """Each query's normalised (x, y) reference point, [Lq, 2]: an encoder's queries are the positions of
+    every level (Lq = S), each at its pixel's centre; a decoder's are spread over the image."""
+    if shape.queries != shape.length:
+        return torch.rand(shape.queries, 2, generator=generator)
+    centres = []
+    for height, width in shape.levels:
+        y, x = torch.meshgrid((torch.arange(height) + 0.5) / height, (torch.arange(width) + 0.5) / width,
+                              indexing="ij")
+        centres.append(torch.stack((x, y), -1).reshape(-1, 2))
+    return torch.cat(centres)
+
+
 def make_msda_inputs(shape: MSDAShape, dtype: torch.dtype, device: torch.device, generator: torch.Generator):
-    """(value, sampling_locations, attention_weights, grad_output) at a model's scales: unit values, locations
-    across each level, weights a softmax over L*P as the module makes them; drawn on the CPU from `generator`."""
+    """(value, sampling_locations, attention_weights, grad_output) as a trained model makes them: unit values;
+    each query's points scattered by a couple of pixels of each level around its reference point (Deformable
+    DETR's sampling offsets start as a ring of 1..P pixels around it), so that neighbouring queries read
+    neighbouring pixels; weights a softmax over L*P. Drawn on the CPU from `generator`."""
     n, q, m, l, p = shape.batch, shape.queries, shape.heads, len(shape.levels), shape.points
     value = torch.randn(n, shape.length, m, shape.channels, generator=generator)
-    locations = torch.rand(n, q, m, l, p, 2, generator=generator)
+    sides = torch.tensor([(w, h) for h, w in shape.levels], dtype=torch.float32).view(1, 1, 1, l, 1, 2)
+    pixels = 2 * torch.randn(n, q, m, l, p, 2, generator=generator)
+    locations = reference_points(shape, generator).view(1, q, 1, 1, 1, 2) + pixels / sides
     weights = torch.softmax(torch.randn(n, q, m, l * p, generator=generator), -1).reshape(n, q, m, l, p)
     grad_output = torch.randn(n, q, m * shape.channels, generator=generator)
     return tuple(t.to(device, dtype) for t in (value, locations, weights, grad_output))
