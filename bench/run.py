@@ -37,7 +37,7 @@ from bench.shapes import is_model_suite
 from impls import devices, external
 from impls.cli import UsageError
 from impls.registry import REGISTRIES
-from parity import runner, spread
+from parity import operators, runner, spread
 from parity.isolate import inline, isolated
 from parity.summary import markdown, publish, summarise
 from parity.thresholds import Thresholds
@@ -98,6 +98,7 @@ def environment(device: torch.device, settings: timing.TimingSettings) -> dict:
         "copy_bandwidth_gbps": traffic.copy_bandwidth(device) / 1e9,
         "known_peak_bandwidth_gbps": _gbps(traffic.known_peak_bandwidth(name)),
         "warnings": instruments.timing_warnings(device),
+        "operator": operators.OPERATORS[settings.op].title,
         "suite": settings.suite,
         "command": "python -m bench " + " ".join(sys.argv[1:]),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),

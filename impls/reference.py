@@ -103,11 +103,11 @@ def _backward(image, offset, mask, grad_output, params: DCNv3Params):
     return grad_image, grad_offset, grad_mask
 
 
-def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().to("cpu", torch.float64).numpy()
 
 
-def _like(array: np.ndarray, tensor: torch.Tensor) -> torch.Tensor:
+def like(array: np.ndarray, tensor: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(array).to(device=tensor.device, dtype=tensor.dtype)
 
 
@@ -116,16 +116,16 @@ class _ReferenceFunction(torch.autograd.Function):
     def forward(ctx, input, offset, mask, params):
         ctx.save_for_backward(input, offset, mask)
         ctx.params = params
-        return _like(_forward(_to_numpy(input), _to_numpy(offset), _to_numpy(mask), params), input)
+        return like(_forward(to_numpy(input), to_numpy(offset), to_numpy(mask), params), input)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         input, offset, mask = ctx.saved_tensors
         grads = _backward(
-            _to_numpy(input), _to_numpy(offset), _to_numpy(mask), _to_numpy(grad_output), ctx.params
+            to_numpy(input), to_numpy(offset), to_numpy(mask), to_numpy(grad_output), ctx.params
         )
-        return (*(_like(g, t) for g, t in zip(grads, (input, offset, mask))), None)
+        return (*(like(g, t) for g, t in zip(grads, (input, offset, mask))), None)
 
 
 @register("reference", priority=-100)

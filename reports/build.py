@@ -153,9 +153,14 @@ def compare(new: pd.DataFrame, old: pd.DataFrame, expression: str) -> pd.DataFra
     return joined
 
 
+def operator(env: dict) -> str:
+    """The run's operator by name; runs from before the second operator name none: DCNv3's."""
+    return env.get("operator", "DCNv3")
+
+
 def _title(env: dict, results: pd.DataFrame, what: str, dtype: str) -> str:
     device = f"{env.get('device_name', '?')} ({results['device'].iloc[0]})"
-    return f"DCNv3 {what}: {device}, {dtype}, suite {env.get('suite', results['suite'].iloc[0])}"
+    return f"{operator(env)} {what}: {device}, {dtype}, suite {env.get('suite', results['suite'].iloc[0])}"
 
 
 def _mode_axes(modes, height=4.2):
@@ -284,7 +289,7 @@ def _or_unknown(value, unit):
 
 def summary_markdown(results, parity, env, charts, comparison=None, profile=None, ascendc_counts=None) -> str:
     fmt = dict(index=False, floatfmt=".3g")
-    lines = [f"# DCNv3 benchmark: {env.get('device_name', '?')} ({env.get('device', '?')}), suite {env.get('suite', '?')}", ""]
+    lines = [f"# {operator(env)} benchmark: {env.get('device_name', '?')} ({env.get('device', '?')}), suite {env.get('suite', '?')}", ""]
     lines += environment_block(env)
     flagged = results[results["implausible"] != ""]
     if not flagged.empty:

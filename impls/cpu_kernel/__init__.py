@@ -82,8 +82,9 @@ def load_extension(name: str, source: Path, python_module: bool):
 def build_error() -> str | None:
     """Build (or reuse) and load the extension once per process; the reason it failed, or None."""
     global _extension
-    _extension, error = load_extension(NAME, SOURCE, python_module=True)
+    extension, error = load_extension(NAME, SOURCE, python_module=True)
     if error is None:
+        _extension = extension
         _register_fake_kernels()
     return error
 

@@ -13,7 +13,7 @@ import torch
 
 from impls.msda.contract import level_sizes, level_starts
 from impls.msda.registry import register
-from impls.reference import bilinear_corners
+from impls.reference import bilinear_corners, like, to_numpy
 
 
 def _samples(locations, sizes, starts, n, q, m):
@@ -68,28 +68,20 @@ def _backward(value, sizes, locations, weights, grad_output):
     return grad_value, grad_locations, grad_weights
 
 
-def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().to("cpu", torch.float64).numpy()
-
-
-def _like(array: np.ndarray, tensor: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(array).to(device=tensor.device, dtype=tensor.dtype)
-
-
 class _ReferenceFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, value, spatial_shapes, sampling_locations, attention_weights):
         ctx.save_for_backward(value, sampling_locations, attention_weights)
         ctx.sizes = level_sizes(spatial_shapes)
-        output = _forward(_numpy(value), ctx.sizes, _numpy(sampling_locations), _numpy(attention_weights))
-        return _like(output, value)
+        output = _forward(to_numpy(value), ctx.sizes, to_numpy(sampling_locations), to_numpy(attention_weights))
+        return like(output, value)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
         value, locations, weights = ctx.saved_tensors
-        grads = _backward(_numpy(value), ctx.sizes, _numpy(locations), _numpy(weights), _numpy(grad_output))
-        grad_value, grad_locations, grad_weights = (_like(g, t) for g, t in zip(grads, (value, locations, weights)))
+        grads = _backward(to_numpy(value), ctx.sizes, to_numpy(locations), to_numpy(weights), to_numpy(grad_output))
+        grad_value, grad_locations, grad_weights = (like(g, t) for g, t in zip(grads, (value, locations, weights)))
         return grad_value, None, grad_locations, grad_weights
 
 
