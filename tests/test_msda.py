@@ -16,6 +16,7 @@ from bench.run import main as bench_main
 from bench.shapes import SUITES, MSDAShape
 from bench.timing import TimingSettings
 from impls import external, msda
+from impls.msda import extensions
 from impls.msda.grid_sample import grid_sample as published_core
 from parity import compare, gate, runner
 from parity.msda.problems import MSDAProblem
@@ -24,7 +25,8 @@ from parity.operators import OPERATORS
 from parity.thresholds import Thresholds
 from reports.build import main as reports_main
 
-IMPLEMENTATIONS = [name for name in msda.names() if name != "reference"]
+# Those that run here (the CUDA extensions' own tests are below).
+IMPLEMENTATIONS = [name for name in msda.names() if name != "reference" and msda.get(name).available("cpu")]
 THRESHOLDS = Thresholds.load(operator="msda")
 
 
@@ -54,7 +56,7 @@ def test_reference_samples_pixel_centres_x_first():
     shapes, starts = MSDAProblem(1, levels, 1, 1, 1, 1).index_tensors("cpu")
     locations = torch.tensor([[(2.5 / 3, 1.5 / 2)], [(0.5 / 2, 0.5)]], dtype=torch.float64).reshape(1, 1, 1, 2, 1, 2)
     weights = torch.tensor([1.0, 10.0], dtype=torch.float64).reshape(1, 1, 1, 2, 1)
-    for name in msda.names():
+    for name in ["reference", *IMPLEMENTATIONS]:
         output = msda.get(name)(value, shapes, starts, locations, weights)
         # Level 0 pixel (1, 2) is value[5]; level 1 pixel (0, 0) is value[6].
         torch.testing.assert_close(output, torch.tensor([[[5.0 + 60.0]]], dtype=torch.float64), msg=name)
@@ -284,3 +286,59 @@ def test_bytes_moved_of_an_msda_call_by_hand():
     backward = 80 + 2 * (112 + 240 + 120)
     assert traffic.bytes_moved(shape, "forward", torch.float32) == 4 * forward
     assert traffic.bytes_moved(shape, "forward+backward", torch.float64) == 8 * (forward + backward)
+
+
+STAND_IN_EXTENSION = '''
+import torch
+from impls import msda
+
+STEPS = []
+
+
+def ms_deform_attn_forward(value, shapes, starts, locations, weights, im2col_step):
+    STEPS.append(im2col_step)
+    return msda.get("reference").fn(value, shapes, starts, locations, weights).detach()
+
+
+def ms_deform_attn_backward(value, shapes, starts, locations, weights, grad_output, im2col_step):
+    leaves = [t.detach().requires_grad_() for t in (value, locations, weights)]
+    with torch.enable_grad():
+        output = msda.get("reference").fn(leaves[0], shapes, starts, leaves[1], leaves[2])
+        return list(torch.autograd.grad(output, leaves, grad_output))
+'''
+
+
+@pytest.fixture
+def stand_in_deformable_detr(tmp_path, monkeypatch):
+    """A module named as Deformable DETR's compiled extension, computing with the reference on any device."""
+    (tmp_path / "MultiScaleDeformableAttention.py").write_text(STAND_IN_EXTENSION)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    extensions._deformable_detr.cache_clear()
+    yield
+    extensions._deformable_detr.cache_clear()
+
+
+def test_an_absent_extension_says_why_it_is_unavailable():
+    for name in ("deformable_detr_cuda", "mmcv"):
+        impl = msda.get(name)
+        assert impl.device_types == ("cuda",) and set(impl.dtypes) == {torch.float64, torch.float32}
+    assert "not importable" in extensions._reason(extensions._mmcv())
+
+
+def test_deformable_detrs_extension_joins_through_its_autograd_wrapper(stand_in_deformable_detr):
+    """The wrapper hands the extension Deformable DETR's arguments and im2col_step, and its backward's three
+    gradients to the right tensors (run on the CPU: the stand-in computes anywhere)."""
+    import MultiScaleDeformableAttention
+
+    impl = msda.get("deformable_detr_cuda")
+    assert impl.unavailable_reason("cpu") == "deformable_detr_cuda does not run on cpu (runs on cuda)"
+    problem = REGRESSIONS["x_first"]
+    value, shapes, starts, locations, weights = arguments(problem, torch.float64)
+    leaves = [t.requires_grad_() for t in (value, locations, weights)]
+    found = impl.fn(leaves[0], shapes, starts, leaves[1], leaves[2])
+    truth = msda.get("reference")(leaves[0], shapes, starts, leaves[1], leaves[2])
+    torch.testing.assert_close(found, truth)
+    upstream = torch.randn_like(truth)
+    for got, expected in zip(torch.autograd.grad(found, leaves, upstream), torch.autograd.grad(truth, leaves, upstream)):
+        torch.testing.assert_close(got, expected)
+    assert MultiScaleDeformableAttention.STEPS == [64]

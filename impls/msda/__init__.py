@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from impls.msda import cpu_kernel as _cpu_kernel  # noqa: F401  (registers; builds on first use)
+from impls.msda import extensions as _extensions  # noqa: F401  (registers; imports on first use)
 from impls.msda import grid_sample as _grid_sample  # noqa: F401  (registers)
 from impls.msda import optimized as _optimized  # noqa: F401  (registers)
 from impls.msda import reference as _reference  # noqa: F401  (registers)

@@ -1,0 +1,82 @@
+"""MSDA plug-ins that appear by themselves where importable: Deformable DETR's compiled extension
+(`import MultiScaleDeformableAttention`, built by its models/ops/setup.py and shipped the same way by
+DINO, Mask2Former and ViT-Adapter) and mmcv's `MultiScaleDeformableAttnFunction`.
+
+Both are CUDA kernels that dispatch float64 and float32 and add the value gradient with atomicAdd (not
+bitwise reproducible: the gate's run-to-run spread shows it). They are called with Deformable DETR's
+im2col_step of 64, which never changes the result.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from impls import devices
+from impls.external import MSDA_IM2COL_STEP, with_msda_apply_signature
+from impls.msda.registry import register
+
+CUDA_DTYPES = (torch.float64, torch.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _deformable_detr():
+    """The MultiScaleDeformableAttention extension module, or why it does not import."""
+    try:
+        import MultiScaleDeformableAttention
+    except Exception as error:
+        return f"Deformable DETR's MultiScaleDeformableAttention extension is not importable: {devices.describe(error)}"
+    return MultiScaleDeformableAttention
+
+
+@functools.lru_cache(maxsize=None)
+def _mmcv():
+    """mmcv's MultiScaleDeformableAttnFunction, or why it does not import."""
+    try:
+        from mmcv.ops.multi_scale_deform_attn import MultiScaleDeformableAttnFunction
+    except Exception as error:
+        return f"mmcv's MultiScaleDeformableAttnFunction is not importable: {devices.describe(error)}"
+    return MultiScaleDeformableAttnFunction
+
+
+def _reason(found) -> str | None:
+    return found if isinstance(found, str) else None
+
+
+class DeformableDETRFunction(torch.autograd.Function):
+    """Deformable DETR's MSDeformAttnFunction around its extension's forward and backward."""
+
+    @staticmethod
+    def forward(ctx, value, spatial_shapes, level_start_index, sampling_locations, attention_weights, im2col_step):
+        ctx.im2col_step = im2col_step
+        ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+        return _deformable_detr().ms_deform_attn_forward(value, spatial_shapes, level_start_index, sampling_locations,
+                                                         attention_weights, im2col_step)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights = ctx.saved_tensors
+        grad_value, grad_locations, grad_weights = _deformable_detr().ms_deform_attn_backward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+            grad_output.contiguous(), ctx.im2col_step)
+        return grad_value, None, None, grad_locations, grad_weights, None
+
+
+_deformable_detr_apply = with_msda_apply_signature(DeformableDETRFunction.apply)
+
+
+@register("deformable_detr_cuda", dtypes=CUDA_DTYPES, device_types=("cuda",),
+          requires=lambda device: _reason(_deformable_detr()))
+def deformable_detr_cuda(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    """Deformable DETR's compiled MultiScaleDeformableAttention CUDA extension."""
+    return _deformable_detr_apply(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+
+
+@register("mmcv", dtypes=CUDA_DTYPES, device_types=("cuda",), requires=lambda device: _reason(_mmcv()))
+def mmcv(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    """mmcv's MultiScaleDeformableAttnFunction (its compiled CUDA op)."""
+    return _mmcv().apply(value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+                         MSDA_IM2COL_STEP)
