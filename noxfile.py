@@ -177,7 +177,8 @@ def parity(session: nox.Session) -> None:
 @nox.session(name="parity-thorough", venv_backend="none")
 def parity_thorough(session: nox.Session) -> None:
     """Minutes, not CI: the gate on THOROUGH_EXAMPLES drawn cases of a seed the bounds were not fitted on
-    (parity/thresholds.toml), into reports/parity-thorough-<timestamp>/, then the property tests with the
+    (parity/thresholds.toml), into reports/parity-thorough-<timestamp>/ (MSDA's into ...-msda/), then the
+    property tests of both operators with the
     `thorough` hypothesis profile (600 examples each), both on the best device type present, spread over
     every accelerator of it (`-- --devices N` or `-- --devices 0,3` for fewer). On cpu one worker unless
     `-- --devices N` asks for more: torch's threads already use every core, and two workers on 2 cores
@@ -190,6 +191,8 @@ def parity_thorough(session: nox.Session) -> None:
     out = f"reports/parity-thorough-{time.strftime('%Y%m%d-%H%M%S')}"
     python(session, "-m", "parity", "--device", best, "--devices", chosen.devices, "--examples", THOROUGH_EXAMPLES,
            "--seed", THOROUGH_SEED, "--compiled-examples", "10", "--out", out)
+    python(session, "-m", "parity", "--op", "msda", "--device", best, "--devices", chosen.devices,
+           "--examples", THOROUGH_EXAMPLES, "--seed", THOROUGH_SEED, "--out", f"{out}-msda")
     python(session, "-m", "pytest", "parity", "--device", best, "--devices", chosen.devices, *pytest_options,
            env={"HYPOTHESIS_PROFILE": "thorough"})
 

@@ -72,9 +72,9 @@ def main(argv=None) -> int:
         print(f"bench-{requested}: {too_old}", file=sys.stderr)
         return 1
 
-    import impls  # needs torch >= TORCH_FLOOR
     from bench import instruments
-    from impls import devices
+    from impls import devices  # needs torch >= TORCH_FLOOR; registers every operator's implementations
+    from impls.registry import REGISTRIES
 
     device_type = devices.best_device_type() if args.device == "auto" else devices.type_of(args.device)
     reason = devices.unavailable_reason(device_type)
@@ -87,9 +87,11 @@ def main(argv=None) -> int:
     print("versions: " + ", ".join(f"{name} {version}" for name, version in instruments.versions().items()))
     for warning in instruments.timing_warnings(device):
         print(f"warning: {warning}")
-    for name in [n for n in impls.names() if n != "reference"]:
-        why_not = impls.get(name).untimed_reason(device)
-        print(f"  {name}: {'runs' if why_not is None else why_not}")
+    for operator, registry in REGISTRIES.items():
+        print(f"{operator} implementations:")
+        for name in [n for n in registry.names() if n != "reference"]:
+            why_not = registry.get(name).untimed_reason(device)
+            print(f"  {name}: {'runs' if why_not is None else why_not}")
     return 0
 
 

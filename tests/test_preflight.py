@@ -29,6 +29,10 @@ def test_a_present_device_reports_versions_warnings_and_implementations(capsys, 
         "CUDA_LAUNCH_BLOCKING=1 serialises cuda operator launches and distorts timings"]
     assert "  grid_sample: runs" in out
     assert "  npu_deform_conv: npu_deform_conv does not run on cpu" in out
+    # Each operator's own list.
+    dcnv3, msda = out.split("dcnv3 implementations:\n")[1].split("msda implementations:\n")
+    assert "  optimized: runs" in dcnv3 and "  compiled:" in dcnv3 and "  compiled:" not in msda
+    assert "  mmcv: mmcv does not run on cpu (runs on cuda)" in msda and "  cpu_kernel: runs" in msda
 
 
 @pytest.mark.parametrize("device, fix", [("npu", "install torch_npu >= 2.4 with its matching torch"),
