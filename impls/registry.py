@@ -34,8 +34,9 @@ from impls.params import validate
 FLOATING = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 Kernel = Callable[..., torch.Tensor]
-# (args, dtypes, name): a ValueError naming the argument, before any work (the operator's contract).
-Validator = Callable[[tuple, "Iterable[torch.dtype] | None", str], None]
+# (*the operator's arguments, dtypes, implementation name): a ValueError naming the argument, before any work
+# (the operator's contract).
+Validator = Callable[..., object]
 # Extra availability condition beyond the device type: (device) -> reason or None.
 Requirement = Callable[[torch.device], "str | None"]
 # A kernel's own backward, without autograd: (grad_output, input, offset, mask, params.scalars()) -> three
@@ -58,11 +59,7 @@ class Operator:
         return needs_gradient(*(args[i] for i in self.differentiable))
 
 
-def _validate_dcnv3(args, dtypes, name):
-    validate(*args, dtypes, name)
-
-
-DCNV3 = Operator("dcnv3", "dcnv3_harness.impls", _validate_dcnv3, (0, 1, 2))
+DCNV3 = Operator("dcnv3", "dcnv3_harness.impls", validate, (0, 1, 2))
 ENTRY_POINT_GROUP = DCNV3.entry_point_group
 
 
@@ -116,7 +113,7 @@ class Implementation:
         return dtype in self.dtypes
 
     def __call__(self, *args) -> torch.Tensor:
-        self.operator.validate(args, self.dtypes, self.name)
+        self.operator.validate(*args, self.dtypes, self.name)
         device = args[0].device
         reason = self.unavailable_reason(device)
         if reason is not None:

@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import impls
-from impls import msda
-from impls.registry import Registry
+import impls  # noqa: F401  (registers every operator's implementations)
+from impls.registry import REGISTRIES, Registry
 from parity import regressions, strategies
 from parity.msda import regressions as msda_regressions
 from parity.msda import strategies as msda_strategies
@@ -23,7 +22,6 @@ from parity.msda import strategies as msda_strategies
 class ParityOperator:
     name: str
     title: str
-    registry: Registry
     # The output, then the gradient of each differentiable leaf, in the leaves' order.
     quantities: tuple[str, ...]
     # The gradient through the sampling positions: compared on smooth problems only, where comparable.
@@ -35,16 +33,20 @@ class ParityOperator:
     spread_case: str
     stream_case: str
 
+    @property
+    def registry(self) -> Registry:
+        return REGISTRIES[self.name]
+
     def quantities_of(self, impl) -> tuple[str, ...]:
         """What the gate checks of impl: the output alone where it has no backward."""
         return self.quantities[:1] if impl.forward_only else self.quantities
 
 
 OPERATORS = {
-    "dcnv3": ParityOperator("dcnv3", "DCNv3", impls.registry.DCNV3_IMPLEMENTATIONS,
+    "dcnv3": ParityOperator("dcnv3", "DCNv3",
                             ("output", "grad_input", "grad_offset", "grad_mask"), "grad_offset",
                             regressions.REGRESSIONS, strategies.problems, "colliding_input_gradient", "padding_order"),
-    "msda": ParityOperator("msda", "MSDA", msda.IMPLEMENTATIONS,
+    "msda": ParityOperator("msda", "MSDA",
                            ("output", "grad_value", "grad_sampling_locations", "grad_attention_weights"),
                            "grad_sampling_locations", msda_regressions.REGRESSIONS, msda_strategies.problems,
                            "colliding_value_gradient", "per_level_split"),

@@ -10,6 +10,7 @@ im2col_step of 64, which never changes the result.
 from __future__ import annotations
 
 import functools
+import importlib
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -21,24 +22,26 @@ from impls.msda.registry import register
 CUDA_DTYPES = (torch.float64, torch.float32)
 
 
+def _imported(module: str, attribute: str | None, what: str):
+    """module (or its attribute), or the sentence saying why `what` does not import."""
+    try:
+        found = importlib.import_module(module)
+        return found if attribute is None else getattr(found, attribute)
+    except Exception as error:
+        return f"{what} is not importable: {devices.describe(error)}"
+
+
 @functools.lru_cache(maxsize=None)
 def _deformable_detr():
     """The MultiScaleDeformableAttention extension module, or why it does not import."""
-    try:
-        import MultiScaleDeformableAttention
-    except Exception as error:
-        return f"Deformable DETR's MultiScaleDeformableAttention extension is not importable: {devices.describe(error)}"
-    return MultiScaleDeformableAttention
+    return _imported("MultiScaleDeformableAttention", None, "Deformable DETR's MultiScaleDeformableAttention extension")
 
 
 @functools.lru_cache(maxsize=None)
 def _mmcv():
     """mmcv's MultiScaleDeformableAttnFunction, or why it does not import."""
-    try:
-        from mmcv.ops.multi_scale_deform_attn import MultiScaleDeformableAttnFunction
-    except Exception as error:
-        return f"mmcv's MultiScaleDeformableAttnFunction is not importable: {devices.describe(error)}"
-    return MultiScaleDeformableAttnFunction
+    return _imported("mmcv.ops.multi_scale_deform_attn", "MultiScaleDeformableAttnFunction",
+                     "mmcv's MultiScaleDeformableAttnFunction")
 
 
 def _reason(found) -> str | None:

@@ -8,11 +8,7 @@ from impls.msda.contract import validate
 from impls.registry import Operator, Registry
 
 
-def _validate(args, dtypes, name):
-    validate(*args, dtypes, name)
-
-
-MSDA = Operator("msda", "dcnv3_harness.msda", _validate, (0, 3, 4))
+MSDA = Operator("msda", "dcnv3_harness.msda", validate, (0, 3, 4))
 IMPLEMENTATIONS = Registry(MSDA)
 register = IMPLEMENTATIONS.register
 names = IMPLEMENTATIONS.names
