@@ -4,8 +4,11 @@
 The published core runs one `grid_sample` per level, materialises every sample [N*M, D, Lq, L*P] and
 sums it in a second pass; here each (batch, query, head) is one bag of L*P*4 weighted rows, summed as
 they are gathered, with no per-level loop. The weights (attention x bilinear x inside) carry the
-gradient to the locations and the attention weights; embedding_bag's backward scatters the value
-gradient. float16 and bfloat16 compute in float32 (the contract's accumulation).
+gradient to the locations and the attention weights. The value gradient is the same gather transposed:
+the corners sorted by the row they read (int32 keys, the cheapest sort torch has), each row becomes a bag
+of the output gradients that read it, summed by a second embedding_bag. embedding_bag's own backward
+(a sort and a serial-per-row scatter) takes about 2.5x as long. float16 and bfloat16 compute in float32
+(the contract's accumulation).
 """
 
 from __future__ import annotations
@@ -40,6 +43,43 @@ def corner_rows_and_weights(spatial_shapes, sampling_locations):
     return torch.where(keep, rows, 0), torch.where(keep, weights, 0)
 
 
+class CornerGather(torch.autograd.Function):
+    """`F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")` with the table's gradient
+    gathered rather than scattered."""
+
+    @staticmethod
+    def forward(ctx, table, rows, weights):
+        ctx.save_for_backward(table, rows, weights)
+        return F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output):
+        table, rows, weights = ctx.saved_tensors
+        grad_table = grad_weights = None
+        if ctx.needs_input_grad[0]:
+            grad_table = transposed_gather(grad_output, rows, weights, table.shape[0])
+        if ctx.needs_input_grad[2]:
+            # The table is detached, so autograd runs only the per-sample-weight half of the backward.
+            with torch.enable_grad():
+                weights = weights.detach().requires_grad_()
+                output = F.embedding_bag(rows, table.detach(), per_sample_weights=weights, mode="sum")
+                grad_weights, = torch.autograd.grad(output, weights, grad_output)
+        return grad_table, None, grad_weights
+
+
+def transposed_gather(grad_output, rows, weights, table_rows):
+    """grad_table[r] = sum over the (bag, corner) pairs reading row r of weight * grad_output[bag]."""
+    keys = rows.reshape(-1)
+    keys = keys.int() if table_rows < 2**31 and grad_output.shape[0] * rows.shape[1] < 2**31 else keys
+    keys, order = torch.sort(keys)
+    # Where each row's run starts among the sorted keys (searchsorted, unlike bincount, needs no host sync).
+    offsets = torch.searchsorted(keys, torch.arange(table_rows, device=keys.device, dtype=keys.dtype),
+                                 out_int32=keys.dtype == torch.int32)
+    bags = torch.div(order, rows.shape[1], rounding_mode="floor").to(keys.dtype)
+    return F.embedding_bag(bags, grad_output, offsets, per_sample_weights=weights.reshape(-1)[order], mode="sum")
+
+
 @register("optimized", priority=10)
 def optimized(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
     """Pure PyTorch: every corner of every level and point in one F.embedding_bag."""
@@ -55,6 +95,5 @@ def optimized(value, spatial_shapes, level_start_index, sampling_locations, atte
     table = value.transpose(1, 2).reshape(batch * heads * length, channels)
     # A bag per (batch, query, head) of four corners per level and point.
     bags, corners = batch * queries * heads, sampling_locations.shape[3] * sampling_locations.shape[4] * 4
-    output = F.embedding_bag(table_rows.reshape(bags, corners), table,
-                             per_sample_weights=per_sample.reshape(bags, corners), mode="sum")
+    output = CornerGather.apply(table, table_rows.reshape(bags, corners), per_sample.reshape(bags, corners))
     return output.view(batch, queries, heads * channels).to(out_dtype)
