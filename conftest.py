@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, settings
 
 import impls
 from bench import instruments, timing
+from bench.cases import outside_envelope
 from bench.shapes import is_model_suite
 from impls import devices, external
 from impls.cli import dtype_name
@@ -174,7 +175,8 @@ def bench_device(timing_request) -> torch.device:
 
 
 def _timeable(case, device):
-    reason = case[0].untimed_reason(device)
+    impl, shape, _, dtype = case
+    reason = impl.untimed_reason(device) or outside_envelope(impl, shape, dtype)
     if reason is not None:
         pytest.skip(reason)
     return case

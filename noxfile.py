@@ -43,6 +43,7 @@ THOROUGH_EXAMPLES, THOROUGH_SEED = "2000", "3"
 # coverage it costs minutes per sweep.)
 EMULATED_GATE = ["--impl", "grid_sample", "optimized", "npu_deform_conv", "ascendc", "DCNv3Function",
                  "--impl-module", "stand_in_port:DCNv3Function", "--examples", "4"]
+EMULATED_MSDA_GATE = ["--op", "msda", "--impl", "grid_sample", "optimized", "mx_driving", "--examples", "4"]
 EMULATED_BENCH = ["--suite", "quick", "--impl", "grid_sample", "optimized", "npu_deform_conv",
                   "--seconds", "0.02", "--parity-examples", "4"]
 # `nox -s bench-npu` from a user's venv: that the session runs there, not the numbers again.
@@ -125,7 +126,7 @@ def _venv_seeing(packages_of: str, where: Path) -> Path:
 def npu_emulated(session: nox.Session) -> None:
     """Every NPU line of the harness, run on the emulated NPU (tests/emulated_npu): the NPU tests, the
     gate (the Ascend C kernel's .asc among its implementations, built against the emulated Ascend C API
-    in tests/emulated_ascendc), preflight, the benchmark and its report (with the Ascend C kernel's
+    in tests/emulated_ascendc), MSDA's gate with DrivingSDK's kernel, preflight, the benchmark and its report (with the Ascend C kernel's
     emulated counts), then `nox -s bench-npu` itself from a fresh venv, with and without the emulation;
     then line coverage of the NPU branches, which must be complete."""
     install_needs(session, "coverage>=7.10")
@@ -142,6 +143,8 @@ def npu_emulated(session: nox.Session) -> None:
                 "tests/test_preflight.py", "--device", "npu", env=emulated, external=True)
     session.run(*measured, "bench.preflight", "--device", "npu", env=emulated, external=True)
     session.run(*measured, "parity", "--device", "npu", *EMULATED_GATE, "--out", str(work / "parity"),
+                env=emulated, external=True)
+    session.run(*measured, "parity", "--device", "npu", *EMULATED_MSDA_GATE, "--out", str(work / "parity-msda"),
                 env=emulated, external=True)
     session.run(*measured, "bench", "--device", "npu", *EMULATED_BENCH, "--out", str(work / "bench"),
                 env=emulated, external=True)

@@ -56,6 +56,20 @@ def make_msda_inputs(shape: MSDAShape, dtype: torch.dtype, device: torch.device,
     return tuple(t.to(device, dtype) for t in (value, locations, weights, grad_output))
 
 
+def outside_envelope(impl: Implementation, shape: Shape | MSDAShape, dtype: torch.dtype) -> str | None:
+    """Why shape lies outside impl's documented limits (impls/registry.py, envelope), or None: asked of
+    meta tensors of the call's shapes, so nothing is allocated."""
+    if impl.envelope is None:
+        return None
+    if not isinstance(shape, MSDAShape):
+        raise ValueError(f"{impl.name} declares an envelope, which DCNv3 shapes cannot be asked about")
+    n, q, m, l, p = shape.batch, shape.queries, shape.heads, len(shape.levels), shape.points
+    index = torch.empty(l, 2, dtype=torch.int64, device="meta"), torch.empty(l, dtype=torch.int64, device="meta")
+    value, locations, weights = (torch.empty(size, dtype=dtype, device="meta")
+                                 for size in ((n, shape.length, m, shape.channels), (n, q, m, l, p, 2), (n, q, m, l, p)))
+    return impl.outside_envelope(value, *index, locations, weights)
+
+
 def repetition(mode: str, forward: Callable[[], object], differentiated: list[torch.Tensor],
                cotangents) -> Callable[[], None]:
     """One repetition of `mode` of `forward()`: under no_grad, the gradients of `differentiated`, or both;

@@ -118,7 +118,7 @@ def gate_implementations(implementations, dtypes, device, examples, out: Path, i
                              COMPILED_PARITY_EXAMPLES, list(impl_module), timeout, operator)
         results, _ = spread.run(sweep, workers)
     summary = summarise(results)
-    publish(markdown(summary, {}, f"# Parity before timing on {device}"), results, out, "parity",
+    publish(markdown(summary, {}, f"# Parity before timing on {device}", results), results, out, "parity",
             int((~results["pass"]).sum()))
     failing = summary[~summary["pass"]]
     failed = {row.implementation: f"{row.dtype} {row.quantity}: {row.failed} of {row.cases} cases over their bounds, "

@@ -39,6 +39,9 @@ Kernel = Callable[..., torch.Tensor]
 Validator = Callable[..., object]
 # Extra availability condition beyond the device type: (device) -> reason or None.
 Requirement = Callable[[torch.device], "str | None"]
+# Given the operator's (validated) arguments: a sentence saying which of them lies outside the
+# implementation's documented limits, or None.
+Envelope = Callable[..., "str | None"]
 # A kernel's own backward, without autograd: (grad_output, input, offset, mask, params.scalars()) -> three
 # gradients; the same function its torch.library autograd calls (impls/operators.py register_backward).
 # (DCNv3's; InternImage's extension interface is what needs it.)
@@ -85,6 +88,9 @@ class Implementation:
     # No backward (a deployment runtime): the gate checks its output only, the benchmark times its forward
     # only, and "auto" never picks it for tensors that need a gradient.
     forward_only: bool = False
+    # The limits its vendor documents (impls/msda/mx_driving.py): a call outside them raises
+    # UnsupportedInput, and the gate marks such a case "unsupported", not wrong.
+    envelope: Envelope | None = field(default=None, repr=False)
     description: str = ""
     # The `package.module:Name` it was loaded from (impls/external.py), so a child process can load it again.
     origin: str = ""
@@ -112,6 +118,10 @@ class Implementation:
     def supports(self, dtype: torch.dtype) -> bool:
         return dtype in self.dtypes
 
+    def outside_envelope(self, *args) -> str | None:
+        """Why these arguments lie outside the implementation's documented limits, or None."""
+        return None if self.envelope is None else self.envelope(*args)
+
     def __call__(self, *args) -> torch.Tensor:
         self.operator.validate(*args, self.dtypes, self.name)
         device = args[0].device
@@ -121,7 +131,14 @@ class Implementation:
         if self.forward_only and self.operator.gradient_needed(args):
             raise ValueError(f"{self.name} has no backward: call it under torch.no_grad() or on tensors "
                              "that do not require grad")
+        unsupported = self.outside_envelope(*args)
+        if unsupported is not None:
+            raise UnsupportedInput(f"{self.name} does not support this call: {unsupported}")
         return self.fn(*args)
+
+
+class UnsupportedInput(ValueError):
+    """Legal arguments outside an implementation's documented limits."""
 
 
 # Every operator's registry by the operator's name (DCNv3's, impls/msda's).
@@ -151,6 +168,7 @@ class Registry:
         interpreted: Callable[[], bool] = lambda: False,
         gradients: Gradients | None = None,
         forward_only: bool = False,
+        envelope: Envelope | None = None,
     ) -> Callable[[Kernel], Implementation]:
         """Decorator: register `fn(*the operator's arguments)` as implementation `name`."""
 
@@ -167,6 +185,7 @@ class Registry:
                 interpreted=interpreted,
                 gradients=gradients,
                 forward_only=forward_only,
+                envelope=envelope,
                 description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
                 operator=self.operator,
             )

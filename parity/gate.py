@@ -142,6 +142,6 @@ def main(argv=None) -> int:
         f"{len(cases)} cases ({len(operator.regressions)} regression, seed {args.seed}), "
         f"torch {torch.__version__}, {elapsed:.1f} s.{where} {verdict}."
     )
-    return publish(markdown(summary, skipped, header), results, args.out, "parity", failed)
+    return publish(markdown(summary, skipped, header, results), results, args.out, "parity", failed)
 
 

@@ -21,7 +21,7 @@ from impls.cli import UsageError, dtype_name
 from parity import operators
 from parity.compare import differences, evaluate, evaluate_on_side_stream, expected, judge, quantities_of
 from parity.isolate import inline, isolated
-from parity.summary import ParityRow
+from parity.summary import ParityRow, unsupported_verdict
 from parity.thresholds import Thresholds
 
 # Seconds a child may go without finishing a case: the first case of an implementation that compiles
@@ -183,6 +183,8 @@ def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled
     if stream_device is None:
         stream_index = None
 
+    unsupported: dict[tuple[str, int, torch.dtype], str] = {}
+
     def work_of(impl, checked_one: bool) -> list[Run]:
         # Compiling per shape and interpreting both cost seconds a case; an interpreter's run-to-run
         # spread says nothing of the device it stands in for.
@@ -195,6 +197,10 @@ def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled
                 if drawn > compiled_examples:
                     continue
             for dtype in filter(impl.supports, dtypes):
+                reason = outside_envelope(impl, problem, dtype)
+                if reason is not None:
+                    unsupported[impl.name, index, dtype] = reason
+                    continue
                 work.append(Run(index, problem, dtype))
                 if checked_one and index == spread_index and not interpreted:
                     work += [Run(index, problem, dtype, repeat) for repeat in range(1, SPREAD_RUNS)]
@@ -247,7 +253,21 @@ def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled
                 if not row.passed:
                     shown.failed(row)
         shown.finish()
+        if impl.name in checked:
+            rows += [ParityRow(impl.name, device.type, dtype_name(dtype), quantity, index, False, unsupported_verdict(),
+                               cases[index].label(), "", cases[index].describe(), unsupported=reason)
+                     for (name, index, dtype), reason in unsupported.items() if name == impl.name
+                     if indices is None or index in indices
+                     for quantity in quantities_of(impl)]
     return pd.DataFrame([row.row() for row in rows])
+
+
+def outside_envelope(impl, problem, dtype: torch.dtype) -> str | None:
+    """Why problem in dtype lies outside impl's documented limits, or None; asked of its host tensors."""
+    if impl.envelope is None:
+        return None
+    *leaves, _ = problem.tensors(dtype, "cpu")
+    return problem.call(impl.outside_envelope, leaves)
 
 
 def failed_rows(impl, problem, index: int, dtypes, device_type: str, thresholds: Thresholds,

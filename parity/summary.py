@@ -29,6 +29,11 @@ class Verdict:
     passed: bool
 
 
+def unsupported_verdict() -> Verdict:
+    """The verdict on a case outside an implementation's envelope: nothing measured, nothing failed."""
+    return Verdict(*[math.nan] * 8, rule="unsupported", passed=True)
+
+
 @dataclass
 class ParityRow:
     """A row of parity.csv: an implementation's verdict on one quantity of one case in one dtype. Written by
@@ -46,6 +51,8 @@ class ParityRow:
     geometry: dict = field(default_factory=dict)  # Problem.describe()
     # The largest difference between repeated runs: SPREAD_CASE's rows only, NaN elsewhere.
     run_spread: float = math.nan
+    # Why the case lies outside the implementation's documented limits (not run, not wrong), else "".
+    unsupported: str = ""
 
     @property
     def passed(self) -> bool:
@@ -62,10 +69,19 @@ class ParityRow:
         return {**row, **verdict, **geometry}
 
 
+def unsupported_mask(results: pd.DataFrame) -> pd.Series:
+    """The rows of cases outside their implementation's envelope (read back from CSV, "" is NaN)."""
+    return results["unsupported"].astype("string").fillna("") != ""
+
+
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
     """Per implementation, device, dtype and quantity: cases, failures, the worst error, the largest
     ratio to the baseline's error on the same case, the least margin to a bound and its case (the
-    tightest), and the run-to-run spread."""
+    tightest), and the run-to-run spread; cases outside the implementation's envelope are counted as
+    `unsupported` and judged in none of the others."""
+    outside = unsupported_mask(results)
+    unsupported = results[outside].groupby(SUMMARY_KEYS, sort=False).size().rename("unsupported")
+    results = results[~outside]
     results = results.assign(
         margin=pd.concat([
             (results["bound"] / results["max_abs_diff"]).where(results["max_abs_diff"] > 0, float("inf")),
@@ -80,6 +96,10 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
         ceiling=("ceiling", "max"), max_vs_baseline=("vs_baseline", "max"), margin=("margin", "min"),
         run_spread=("run_spread", "max"),
     )
+    # A group all of whose cases lie outside the envelope has a row too: no case judged, none failed.
+    summary = summary.reindex(summary.index.append(unsupported.index.difference(summary.index, sort=False)))
+    summary[["cases", "failed"]] = summary[["cases", "failed"]].fillna(0).astype(int)
+    summary.insert(1, "unsupported", unsupported.reindex(summary.index, fill_value=0))
     summary["pass"] = summary["failed"] == 0
     # Read back from CSV, a column of empty errors is all-NaN float64.
     error = tightest["error"].astype("string").fillna("")
@@ -88,9 +108,14 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     return summary.reset_index()
 
 
-def markdown(summary: pd.DataFrame, skipped: dict[str, str], header: str) -> str:
+def markdown(summary: pd.DataFrame, skipped: dict[str, str], header: str, results: pd.DataFrame) -> str:
     table = summary.to_markdown(index=False, floatfmt=".2e")
     lines = [header, "", table]
+    outside = results[unsupported_mask(results)].drop_duplicates(["implementation", "case"])
+    if len(outside):
+        lines += ["", "Unsupported (outside the implementation's documented limits: not run, not wrong):", ""]
+        lines += [f"- {name}: {count} case(s): {reason}"
+                  for (name, reason), count in outside.groupby(["implementation", "unsupported"], sort=False).size().items()]
     if skipped:
         lines += ["", "Not run on this device:", ""] + [f"- {name}: {reason}" for name, reason in skipped.items()]
     return "\n".join(lines) + "\n"

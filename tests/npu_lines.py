@@ -25,6 +25,8 @@ NPU_FILES = ["impls/npu_deform_conv.py"]
 NPU_FUNCTIONS = {
     "impls/devices.py": ["torch_npu_import_error", "npu_vector_cores"],
     "impls/ascendc/__init__.py": ["_plan", "ascendc"],
+    # Its envelope is plain shape logic, run on the CPU by tests/test_msda.py.
+    "impls/msda/mx_driving.py": ["_requires", "mx_driving"],
 }
 # Every harness file is searched for `"npu"` branches (the coverage source in pyproject.toml).
 SOURCES = ["impls", "bench", "parity", "reports"]

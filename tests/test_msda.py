@@ -13,16 +13,19 @@ import pytest
 import torch
 
 from bench import traffic
+from bench.cases import outside_envelope
 from bench.run import main as bench_main
 from bench.shapes import SUITES, MSDAShape
 from bench.timing import TimingSettings
 from impls import external, msda
-from impls.msda import extensions
+from impls.msda import extensions, mx_driving
 from impls.msda.grid_sample import grid_sample as published_core
 from parity import compare, gate, runner
 from parity.msda.problems import MSDAProblem
 from parity.msda.regressions import REGRESSIONS
+from impls.registry import UnsupportedInput
 from parity.operators import OPERATORS
+from parity.summary import markdown, summarise
 from parity.thresholds import Thresholds
 from reports.build import main as reports_main
 
@@ -346,3 +349,49 @@ def test_deformable_detrs_extension_joins_through_its_autograd_wrapper(stand_in_
     for got, expected in zip(torch.autograd.grad(found, leaves, upstream), torch.autograd.grad(truth, leaves, upstream)):
         torch.testing.assert_close(got, expected)
     assert MultiScaleDeformableAttention.STEPS == [64]
+
+
+# An implementation with mx_driving's envelope that runs here: the gate's "unsupported" verdict and the
+# benchmark's skip, without an NPU.
+ENVELOPED = dataclasses.replace(msda.get("grid_sample"), name="enveloped", baseline=False,
+                                envelope=mx_driving.envelope)
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"channels": 12}, "embed_dims is 12"), ({"channels": 264}, "embed_dims is 264"),
+    ({"heads": 9}, "9 heads"), ({"points": 17}, "4 levels x 17 points = 68"), ({"batch": 0}, "empty"),
+])
+def test_mx_drivings_envelope_names_the_documented_limit_each_call_breaks(change, named):
+    inside = MSDAProblem(1, ((2, 3), (1, 1), (2, 2), (1, 2)), 2, 8, 16, 16)
+    assert ENVELOPED.outside_envelope(*arguments(inside)) is None
+    outside = dataclasses.replace(inside, **change)
+    assert named in ENVELOPED.outside_envelope(*arguments(outside))
+    with pytest.raises(UnsupportedInput, match=f"enveloped does not support this call: .*{named}"):
+        ENVELOPED(*arguments(outside))
+
+
+def test_the_gate_marks_cases_outside_an_envelope_unsupported_not_failed():
+    cases = list(REGRESSIONS.values())
+    rows = runner.run([ENVELOPED], [torch.float32], cases, torch.device("cpu"), THRESHOLDS, progress=False,
+                      isolate=False)
+    outside = rows[rows["unsupported"] != ""]
+    inside_cases = {i for i, case in enumerate(cases) if ENVELOPED.outside_envelope(*arguments(case)) is None}
+    assert set(rows["case"]) == set(range(len(cases))) and set(rows["case"]) - set(outside["case"]) == inside_cases
+    assert inside_cases == {cases.index(REGRESSIONS["x_first"])}
+    assert outside["pass"].all() and outside["max_abs_diff"].isna().all()
+    summary = summarise(rows)
+    assert (summary["unsupported"] == len(cases) - 1).all() and (summary["cases"] == 1).all()
+    report = markdown(summary, {}, "# gate", rows)
+    assert "- enveloped: 2 case(s): value's embed_dims is 4; DrivingSDK documents" in report
+
+    # A group none of whose cases lies inside still has its row.
+    alone = summarise(rows[rows["case"] != cases.index(REGRESSIONS["x_first"])])
+    assert (alone["cases"] == 0).all() and (alone["unsupported"] == len(cases) - 1).all() and alone["pass"].all()
+
+
+def test_the_benchmark_skips_a_shape_outside_an_envelope_saying_why():
+    """ViT-Adapter's MSDeformAttn has 12 heads, over the 8 DrivingSDK documents."""
+    reasons = {shape.name: outside_envelope(ENVELOPED, shape, torch.float32) for shape in SUITES["msda"]}
+    assert {name for name, reason in reasons.items() if reason} == {
+        shape.name for shape in SUITES["msda-vit-adapter"]}
+    assert reasons["vitadapter-injector-b1"] == "value has 12 heads; DrivingSDK documents at most 8"

@@ -18,10 +18,11 @@ import torch
 
 import impls
 from bench import instruments
-from impls import dcnv2_mapping, devices
-from impls.registry import Implementation
+from impls import dcnv2_mapping, devices, msda
+from impls.registry import Implementation, UnsupportedInput
 from parity import compare, gate, runner
 from parity.operators import OPERATORS
+from parity.msda.regressions import REGRESSIONS as MSDA_REGRESSIONS
 from parity.regressions import REGRESSIONS
 from parity.thresholds import Thresholds
 
@@ -218,12 +219,73 @@ def test_an_empty_batch_gives_empty_outputs_and_gradients_on_the_npu(name):
     assert [g.shape for g in grads] == [t.shape for t in leaves]
 
 
+def _mx_driving_rows(dtypes=(torch.float32,)):
+    return runner.run([msda.get("mx_driving")], list(dtypes), list(MSDA_REGRESSIONS.values()), NPU,
+                      Thresholds.load(operator="msda"), progress=False, isolate=False)
+
+
+def _skip_without_mx_driving():
+    reason = msda.get("mx_driving").unavailable_reason(NPU)
+    if reason is not None:
+        pytest.skip(reason)
+
+
+def test_mx_driving_passes_inside_its_envelope_and_the_rest_is_unsupported():
+    _skip_without_mx_driving()
+    rows = _mx_driving_rows((torch.float32, torch.float16))
+    judged = rows[rows["unsupported"] == ""]
+    x_first = list(MSDA_REGRESSIONS).index("x_first")
+    assert set(judged["case"]) == {x_first} and judged["pass"].all(), judged[["quantity", "max_abs_diff", "bound"]]
+    assert set(rows["case"]) == set(range(len(MSDA_REGRESSIONS))) and rows["pass"].all()
+
+
+@emulation_only
+def test_a_kernel_reading_y_first_fails_the_x_first_regression(monkeypatch):
+    """DrivingSDK's documentation said (y, x) through 2024: a kernel that read it so fails on x_first."""
+    monkeypatch.setenv("EMULATED_MX_DRIVING_LAYOUT", "yx")
+    rows = _mx_driving_rows()
+    failed = rows[~rows["pass"]]
+    assert set(failed["case"]) == {list(MSDA_REGRESSIONS).index("x_first")} and len(failed) == 4
+
+
+def test_mx_driving_refuses_a_call_outside_its_envelope_before_calling_the_kernel(monkeypatch):
+    _skip_without_mx_driving()
+    import mx_driving
+
+    monkeypatch.setattr(mx_driving, "multi_scale_deformable_attn", None)
+    value, locations, weights, _ = MSDA_REGRESSIONS["per_level_split"].tensors(torch.float32, NPU)
+    with pytest.raises(UnsupportedInput, match="embed_dims is 3; DrivingSDK documents a multiple of 8"):
+        msda.ms_deform_attn(value, *MSDA_REGRESSIONS["per_level_split"].index_tensors(NPU), locations, weights, 64,
+                            impl="mx_driving")
+
+
+def test_mx_driving_says_when_drivingsdk_is_not_installed(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mx_driving", None)
+    assert msda.get("mx_driving").unavailable_reason(NPU).startswith("mx_driving (Ascend DrivingSDK) is not installed")
+
+
+def test_mx_driving_says_when_its_release_lacks_the_operator(monkeypatch):
+    _skip_without_mx_driving()
+    import mx_driving
+
+    monkeypatch.delattr(mx_driving, "multi_scale_deformable_attn")
+    assert msda.get("mx_driving").unavailable_reason(NPU).endswith("has no multi_scale_deformable_attn")
+
+
 def test_the_triton_kernel_matches_the_reference_on_the_npu():
     triton = impls.get("triton")
     if triton.unavailable_reason(NPU) is not None:
         pytest.skip(triton.unavailable_reason(NPU))
     for name in ("padding_order", "declared_dtypes_nonsquare"):
         compare.assert_matches_reference(triton, REGRESSIONS[name], torch.float32, NPU)
+
+
+def test_msdas_triton_kernel_matches_the_reference_on_the_npu():
+    triton = msda.get("triton")
+    if triton.unavailable_reason(NPU) is not None:
+        pytest.skip(triton.unavailable_reason(NPU))
+    for name in ("per_level_split", "x_first"):
+        compare.assert_matches_reference(triton, MSDA_REGRESSIONS[name], torch.float32, NPU)
 
 
 def test_the_triton_launch_uses_one_program_per_vector_core():

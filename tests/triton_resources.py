@@ -1,9 +1,11 @@
-"""Compile the Triton kernels for an NVIDIA target without a GPU and print ptxas's resource usage as JSON.
+"""Compile the Triton kernels (DCNv3's and MSDA's) for an NVIDIA target without a GPU and print ptxas's
+resource usage as JSON.
 
     python tests/triton_resources.py   (TRITON_INTERPRET must be unset: the real compiler is wanted)
 
 Triton's wheel carries ptxas and cuobjdump, so this runs on a CPU-only machine.
-Each line of output: {"kernel", "dtype", "group_channels", "points", "registers", "spill_bytes"}.
+Each line of output: {"kernel", "dtype", "group_channels", "points", "registers", "spill_bytes"}, where
+an MSDA kernel's kernel is "msda_forward" or "msda_backward" and its group_channels is D.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from impls.msda import triton_kernels as msda_kernels
 from impls.triton_kernel import kernels
 
 H200 = GPUTarget("cuda", 90, 32)
@@ -27,6 +30,8 @@ CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuob
 # (group_channels, kernel, remove_center): InternImage's widths, a wide odd one and a 5x5 kernel.
 CONFIGS = [(16, 3, False), (32, 3, False), (64, 3, False), (71, 3, True), (8, 5, True)]
 DTYPES = ["fp32", "fp16", "bf16"]
+# MSDA: Deformable DETR's 8 heads, 4 levels and 4 points, at the head widths its models use.
+MSDA_CHANNELS, MSDA_CONSTANTS = (16, 32, 64), dict(HEADS=8, LEVELS=4, POINTS=4)
 
 
 def compile_kernel(kernel, backward: bool, dtype: str, group_channels: int, kernel_size: int, remove_center: bool):
@@ -38,10 +43,24 @@ def compile_kernel(kernel, backward: bool, dtype: str, group_channels: int, kern
         STRIDE_H=1, STRIDE_W=1, PAD_H=1, PAD_W=1, DILATION_H=1, DILATION_W=1,
         REMOVE_CENTER=int(remove_center), **config,
     )
+    return _compile(kernel, dtype, constexprs, warps)
+
+
+def compile_msda_kernel(kernel, backward: bool, dtype: str, channels: int):
+    config = kernels.launch_config(channels, backward)
+    warps = config.pop("num_warps")
+    constexprs = dict(CHANNELS=channels, BLOCK_ROWS=config.pop("BLOCK_PIXELS"), **config, **MSDA_CONSTANTS)
+    return _compile(kernel, dtype, constexprs, warps)
+
+
+def _compile(kernel, dtype: str, constexprs: dict, warps: int):
+    """kernel for the H200 with data pointers of dtype; the float32 gradient buffers its atomics add into,
+    int64 index tensors, and int32 sizes."""
     names = list(inspect.signature(kernel.fn).parameters)
     signature = {
         name: "constexpr" if name in constexprs
-        else "*fp32" if name == "grad_input_ptr"
+        else "*fp32" if name in ("grad_input_ptr", "grad_value_ptr")
+        else "*i64" if name in ("shapes_ptr", "starts_ptr")
         else f"*{dtype}" if name.endswith("_ptr")
         else "fp32" if name == "offset_scale"
         else "i32"
@@ -81,6 +100,15 @@ def main() -> int:
                 print(json.dumps(dict(
                     kernel="backward" if backward else "forward", dtype=dtype, group_channels=group_channels,
                     points=kernel_size * kernel_size - int(remove_center), registers=registers, spill_bytes=spills,
+                )))
+    for kernel, backward in ((msda_kernels.msda_forward_kernel, False), (msda_kernels.msda_backward_kernel, True)):
+        for dtype in DTYPES:
+            for channels in MSDA_CHANNELS:
+                registers, spills = resource_usage(compile_msda_kernel(kernel, backward, dtype, channels).asm["cubin"])
+                print(json.dumps(dict(
+                    kernel="msda_backward" if backward else "msda_forward", dtype=dtype, group_channels=channels,
+                    points=MSDA_CONSTANTS["LEVELS"] * MSDA_CONSTANTS["POINTS"], registers=registers,
+                    spill_bytes=spills,
                 )))
     return 0
 

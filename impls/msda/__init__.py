@@ -12,8 +12,10 @@ import torch
 from impls.msda import cpu_kernel as _cpu_kernel  # noqa: F401  (registers; builds on first use)
 from impls.msda import extensions as _extensions  # noqa: F401  (registers; imports on first use)
 from impls.msda import grid_sample as _grid_sample  # noqa: F401  (registers)
+from impls.msda import mx_driving as _mx_driving  # noqa: F401  (registers; imports on first use)
 from impls.msda import optimized as _optimized  # noqa: F401  (registers)
 from impls.msda import reference as _reference  # noqa: F401  (registers)
+from impls.msda import triton_kernel as _triton_kernel  # noqa: F401  (registers; imports Triton on first use)
 from impls.msda.contract import validate
 from impls.msda.registry import IMPLEMENTATIONS, MSDA, auto, baseline, get, names, register
 

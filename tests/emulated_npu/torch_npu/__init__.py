@@ -71,6 +71,10 @@ class _EmulatedTensor(torch.Tensor):
     def untyped_storage(self):
         return self._cpu.untyped_storage()
 
+    # torch refuses .tolist() on a wrapper subclass; a device tensor's copies its data to the host.
+    def tolist(self):
+        return self._cpu.tolist()
+
     def __repr__(self, *, tensor_contents=None):
         return f"tensor({self._cpu.tolist()}, device='{self.device}', dtype={self.dtype})"
 
