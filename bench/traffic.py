@@ -3,12 +3,17 @@
 Each tensor is read or written once from device memory: forward reads the
 operands (DCNv3's input, offset and mask; MSDA's value, locations and weights)
 and writes output; backward reads grad_output and the operands and writes their
-gradients. Achieved GB/s = these bytes / time.
+gradients. Of MSDA's value only the rows its samples read count as read: a
+decoder's 300 queries read a small part of it (the benchmark's own inputs,
+drawn as bench/cases.py draws them, say which rows); its gradient is written
+whole. Achieved GB/s = these bytes / time.
 It is a lower bound on real traffic (bilinear corners re-read from cache are
 not counted), so a kernel near 100% is at the memory roofline.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -50,11 +55,24 @@ def tensor_elements(shape: Shape | MSDAShape) -> dict[str, int]:
     }
 
 
+@functools.lru_cache(maxsize=None)
+def value_elements_read(shape: MSDAShape) -> int:
+    """Elements of value in the (batch, position, head) rows that the benchmark's inputs for shape sample."""
+    from bench.cases import make_msda_inputs  # bench.cases imports the implementations
+    from impls.msda.optimized import corners
+
+    _, locations, _, _ = make_msda_inputs(shape, torch.float32, torch.device("cpu"), torch.Generator().manual_seed(0))
+    rows, kept, *_ = corners(torch.tensor(shape.levels), locations)
+    head_rows = torch.arange(shape.batch * shape.heads).view(shape.batch, 1, shape.heads, 1, 1, 1) * shape.length
+    return torch.unique((rows + head_rows)[kept]).numel() * shape.channels
+
+
 def bytes_moved(shape: Shape | MSDAShape, mode: str, dtype: torch.dtype) -> int:
     n = tensor_elements(shape)
-    operands = sum(elements for name, elements in n.items() if name != "output")
-    forward = operands + n["output"]
-    backward = n["output"] + 2 * operands  # read grad_output and operands, write their gradients
+    written = sum(elements for name, elements in n.items() if name != "output")
+    read = written - (n["value"] - value_elements_read(shape) if isinstance(shape, MSDAShape) else 0)
+    forward = read + n["output"]
+    backward = n["output"] + read + written  # read grad_output and operands, write their gradients
     elements = {"forward": forward, "backward": backward, "forward+backward": forward + backward}[mode]
     return elements * torch.empty((), dtype=dtype).element_size()
 

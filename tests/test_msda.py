@@ -284,12 +284,28 @@ def test_a_suite_of_the_other_operator_is_refused_and_op_picks_its_default_suite
 
 
 def test_bytes_moved_of_an_msda_call_by_hand():
-    shape = MSDAShape("s", batch=2, levels=((2, 3), (1, 1)), queries=5, heads=2, channels=4, points=3)
-    # value 2*7*2*4 = 112, locations 2*5*2*2*3*2 = 240, weights 120, output 2*5*8 = 80 (elements)
-    forward = 112 + 240 + 120 + 80
-    backward = 80 + 2 * (112 + 240 + 120)
+    shape = MSDAShape("s", batch=2, levels=((2, 3), (1, 1)), queries=20, heads=2, channels=4, points=3)
+    # value 2*7*2*4 = 112 (every row sampled: 20 queries of 3 points a level on 7 positions), locations
+    # 2*20*2*2*3*2 = 960, weights 480, output 2*20*8 = 320 (elements)
+    assert traffic.value_elements_read(shape) == 112
+    forward = 112 + 960 + 480 + 320
+    backward = 320 + 2 * (112 + 960 + 480)
     assert traffic.bytes_moved(shape, "forward", torch.float32) == 4 * forward
     assert traffic.bytes_moved(shape, "forward+backward", torch.float64) == 8 * (forward + backward)
+
+
+def test_a_decoders_value_traffic_counts_the_rows_its_queries_read():
+    decoder = next(shape for shape in SUITES["msda"] if shape.name == "detr-dec-b1")
+    whole = traffic.tensor_elements(decoder)["value"]
+    read = traffic.value_elements_read(decoder)
+    assert 0 < read < whole / 2 and read % decoder.channels == 0
+    # The gradients are written whole: backward moves forward's reads (grad_output for output) and then
+    # value, locations and weights in full.
+    n = traffic.tensor_elements(decoder)
+    forward = traffic.bytes_moved(decoder, "forward", torch.float32)
+    backward = traffic.bytes_moved(decoder, "backward", torch.float32)
+    assert forward == 4 * (read + n["sampling_locations"] + n["attention_weights"] + n["output"])
+    assert backward - forward == 4 * (whole + n["sampling_locations"] + n["attention_weights"])
 
 
 STAND_IN_EXTENSION = '''
