@@ -272,20 +272,15 @@ def test_mx_driving_says_when_its_release_lacks_the_operator(monkeypatch):
     assert msda.get("mx_driving").unavailable_reason(NPU).endswith("has no multi_scale_deformable_attn")
 
 
-def test_the_triton_kernel_matches_the_reference_on_the_npu():
-    triton = impls.get("triton")
+@pytest.mark.parametrize("triton, problems", [
+    (impls.get("triton"), [REGRESSIONS["padding_order"], REGRESSIONS["declared_dtypes_nonsquare"]]),
+    (msda.get("triton"), [MSDA_REGRESSIONS["per_level_split"], MSDA_REGRESSIONS["x_first"]]),
+], ids=["dcnv3", "msda"])
+def test_the_triton_kernels_match_the_reference_on_the_npu(triton, problems):
     if triton.unavailable_reason(NPU) is not None:
         pytest.skip(triton.unavailable_reason(NPU))
-    for name in ("padding_order", "declared_dtypes_nonsquare"):
-        compare.assert_matches_reference(triton, REGRESSIONS[name], torch.float32, NPU)
-
-
-def test_msdas_triton_kernel_matches_the_reference_on_the_npu():
-    triton = msda.get("triton")
-    if triton.unavailable_reason(NPU) is not None:
-        pytest.skip(triton.unavailable_reason(NPU))
-    for name in ("per_level_split", "x_first"):
-        compare.assert_matches_reference(triton, MSDA_REGRESSIONS[name], torch.float32, NPU)
+    for problem in problems:
+        compare.assert_matches_reference(triton, problem, torch.float32, NPU)
 
 
 def test_the_triton_launch_uses_one_program_per_vector_core():

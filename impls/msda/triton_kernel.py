@@ -1,5 +1,5 @@
 """MSDA's Triton kernel (impls/msda/triton_kernels.py) as the custom operators `msda_triton::forward` /
-`backward`, with fake kernels and autograd.
+`backward`, with fake kernels and autograd from impls/msda/operators.py.
 
 Where it runs is DCNv3's Triton kernel's rule (impls/triton_kernel): cuda when Triton imports; npu with
 triton-ascend (never run on a real NPU by this project; CI runs it on the emulated NPU through the
@@ -15,6 +15,7 @@ from typing import Optional, Tuple
 import torch
 
 from impls import devices, triton_kernel
+from impls.msda.operators import register_fake_and_autograd
 from impls.msda.registry import register
 
 
@@ -49,28 +50,7 @@ def backward_op(grad_output: torch.Tensor, value: torch.Tensor, spatial_shapes: 
                                attention_weights)
 
 
-@forward_op.register_fake
-def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-    batch, queries, heads = sampling_locations.shape[:3]
-    return value.new_empty(batch, queries, heads * value.shape[3])
-
-
-@backward_op.register_fake
-def _(grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-    return torch.empty_like(value), torch.empty_like(sampling_locations), torch.empty_like(attention_weights)
-
-
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _backward(ctx, grad_output):
-    value, shapes, starts, locations, weights = ctx.saved_tensors
-    grad_value, grad_locations, grad_weights = backward_op(grad_output, value, shapes, starts, locations, weights)
-    return grad_value, None, None, grad_locations, grad_weights
-
-
-forward_op.register_autograd(_backward, setup_context=_setup_context)
+register_fake_and_autograd("msda_triton::forward", "msda_triton::backward")
 
 
 @register("triton", dtypes=(torch.float32, torch.float16, torch.bfloat16), device_types=("cuda", "npu", "cpu"),

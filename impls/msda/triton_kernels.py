@@ -26,12 +26,14 @@ from impls.triton_kernel.kernels import _corner, _programs, _stored, launch_conf
 
 
 @triton.jit
-def _rows_of(tile, rows, HEADS: tl.constexpr, BLOCK_ROWS: tl.constexpr):
-    """(head, (batch, query) rows in int64 clamped to the last, in range) of a tile; heads run fastest."""
+def _rows_of(tile, rows, queries, length, HEADS: tl.constexpr, CHANNELS: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+    """(head, (batch, query) rows in int64 clamped to the last, in range, where each row's batch and head
+    start in value) of a tile; heads run fastest."""
     head = tile % HEADS
     row = (tile // HEADS) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS).to(tl.int64)
     in_range = row < rows
-    return head, tl.minimum(row, rows - 1), in_range
+    row = tl.minimum(row, rows - 1)
+    return head, row, in_range, (row // queries) * length * HEADS * CHANNELS + head * CHANNELS
 
 
 @triton.jit
@@ -70,8 +72,7 @@ def msda_forward_kernel(
     channel = tl.arange(0, BLOCK_CHANNELS)
     channel_ok = channel < CHANNELS
     for tile in range(tl.program_id(0), tiles, tl.num_programs(0)):
-        head, row, in_range = _rows_of(tile, rows, HEADS, BLOCK_ROWS)
-        image = (row // queries) * length * HEADS * CHANNELS + head * CHANNELS
+        head, row, in_range, image = _rows_of(tile, rows, queries, length, HEADS, CHANNELS, BLOCK_ROWS)
         acc = tl.zeros((BLOCK_ROWS, BLOCK_CHANNELS), dtype=tl.float32)
         for level in range(LEVELS):
             height_f, width_f, height, width, start = _level(shapes_ptr, starts_ptr, level)
@@ -102,8 +103,7 @@ def msda_backward_kernel(
     channel = tl.arange(0, BLOCK_CHANNELS)
     channel_ok = channel < CHANNELS
     for tile in range(tl.program_id(0), tiles, tl.num_programs(0)):
-        head, row, in_range = _rows_of(tile, rows, HEADS, BLOCK_ROWS)
-        image = (row // queries) * length * HEADS * CHANNELS + head * CHANNELS
+        head, row, in_range, image = _rows_of(tile, rows, queries, length, HEADS, CHANNELS, BLOCK_ROWS)
         upstream = tl.load(grad_output_ptr + row[:, None] * (HEADS * CHANNELS) + head * CHANNELS + channel[None, :],
                            mask=in_range[:, None] & channel_ok[None, :], other=0.0).to(tl.float32)
         for level in range(LEVELS):
