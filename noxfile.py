@@ -126,9 +126,9 @@ def _venv_seeing(packages_of: str, where: Path) -> Path:
 def npu_emulated(session: nox.Session) -> None:
     """Every NPU line of the harness, run on the emulated NPU (tests/emulated_npu): the NPU tests, the
     gate (the Ascend C kernel's .asc among its implementations, built against the emulated Ascend C API
-    in tests/emulated_ascendc), MSDA's gate with DrivingSDK's kernel, preflight, the benchmark and its report (with the Ascend C kernel's
-    emulated counts), then `nox -s bench-npu` itself from a fresh venv, with and without the emulation;
-    then line coverage of the NPU branches, which must be complete."""
+    in tests/emulated_ascendc), MSDA's gate with DrivingSDK's kernel, preflight, the benchmark and its
+    report (with the Ascend C kernel's emulated counts), then `nox -s bench-npu` itself from a fresh
+    venv, with and without the emulation; then line coverage of the NPU branches, which must be complete."""
     install_needs(session, "coverage>=7.10")
     install_triton_unless_present(session)
     work = Path(tempfile.mkdtemp(prefix="npu-emulated-"))

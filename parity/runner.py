@@ -183,7 +183,9 @@ def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled
     if stream_device is None:
         stream_index = None
 
-    unsupported: dict[tuple[str, int, torch.dtype], str] = {}
+    # Per (implementation, case index, dtype) of the cases it is given: why the case lies outside its
+    # envelope, or None. Asked once: work_of runs twice for a checked implementation.
+    envelope_verdicts: dict[tuple[str, int, torch.dtype], str | None] = {}
 
     def work_of(impl, checked_one: bool) -> list[Run]:
         # Compiling per shape and interpreting both cost seconds a case; an interpreter's run-to-run
@@ -196,17 +198,20 @@ def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled
                 drawn += 1
                 if drawn > compiled_examples:
                     continue
+            if indices is not None and index not in indices:
+                continue
             for dtype in filter(impl.supports, dtypes):
-                reason = outside_envelope(impl, problem, dtype)
-                if reason is not None:
-                    unsupported[impl.name, index, dtype] = reason
+                key = (impl.name, index, dtype)
+                if key not in envelope_verdicts:
+                    envelope_verdicts[key] = outside_envelope(impl, problem, dtype)
+                if envelope_verdicts[key] is not None:
                     continue
                 work.append(Run(index, problem, dtype))
                 if checked_one and index == spread_index and not interpreted:
                     work += [Run(index, problem, dtype, repeat) for repeat in range(1, SPREAD_RUNS)]
                 if checked_one and index == stream_index:
                     work.append(Run(index, problem, dtype, side_stream=True))
-        return [run for run in work if indices is None or run.index in indices]
+        return work
 
     base = spec.registry.baseline()
     checked = {impl.name for impl in implementations}
@@ -256,8 +261,7 @@ def run(implementations, dtypes, cases, device, thresholds: Thresholds, compiled
         if impl.name in checked:
             rows += [ParityRow(impl.name, device.type, dtype_name(dtype), quantity, index, False, unsupported_verdict(),
                                cases[index].label(), "", cases[index].describe(), unsupported=reason)
-                     for (name, index, dtype), reason in unsupported.items() if name == impl.name
-                     if indices is None or index in indices
+                     for (name, index, dtype), reason in envelope_verdicts.items() if name == impl.name and reason
                      for quantity in quantities_of(impl)]
     return pd.DataFrame([row.row() for row in rows])
 

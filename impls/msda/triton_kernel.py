@@ -9,24 +9,17 @@ interpreter); cpu only under `TRITON_INTERPRET=1`, for parity checks on small sh
 No `from __future__ import annotations`: torch.library reads the operator schema from the annotations.
 """
 
-import functools
 from typing import Optional, Tuple
 
 import torch
 
-from impls import devices, triton_kernel
+from impls import triton_kernel
 from impls.msda.operators import register_fake_and_autograd
 from impls.msda.registry import register
 
 
-@functools.lru_cache(maxsize=None)
 def _kernels():
-    """The kernels module, or the import error's first line."""
-    try:
-        from impls.msda import triton_kernels
-    except Exception as error:
-        return f"triton not importable: {devices.describe(error)}"
-    return triton_kernels
+    return triton_kernel.import_kernels("impls.msda.triton_kernels")
 
 
 def unavailable_reason(device: torch.device) -> Optional[str]:

@@ -18,6 +18,7 @@ annotations`: torch.library reads the operator schema from the annotations.
 """
 
 import functools
+import importlib
 import os
 from typing import Optional, Tuple
 
@@ -30,13 +31,16 @@ INTERPRETER = "TRITON_INTERPRET"
 
 
 @functools.lru_cache(maxsize=None)
-def _kernels():
-    """The kernels module, or the import error's first line."""
+def import_kernels(module: str):
+    """A Triton kernels module (DCNv3's, MSDA's), or the import error's first line."""
     try:
-        from impls.triton_kernel import kernels
+        return importlib.import_module(module)
     except Exception as error:
         return f"triton not importable: {devices.describe(error)}"
-    return kernels
+
+
+def _kernels():
+    return import_kernels("impls.triton_kernel.kernels")
 
 
 def interpreted() -> bool:
