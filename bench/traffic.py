@@ -14,6 +14,7 @@ not counted), so a kernel near 100% is at the memory roofline.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -59,12 +60,15 @@ def tensor_elements(shape: Shape | MSDAShape) -> dict[str, int]:
 def value_elements_read(shape: MSDAShape) -> int:
     """Elements of value in the (batch, position, head) rows that the benchmark's inputs for shape sample."""
     from bench.cases import make_msda_inputs  # bench.cases imports the implementations
-    from impls.msda.optimized import corners
+    from impls.msda.optimized import PaddedLevels, top_left, value_rows
 
     _, locations, _, _ = make_msda_inputs(shape, torch.float32, torch.device("cpu"), torch.Generator().manual_seed(0))
-    rows, kept, *_ = corners(torch.tensor(shape.levels), locations)
-    head_rows = torch.arange(shape.batch * shape.heads).view(shape.batch, 1, shape.heads, 1, 1, 1) * shape.length
-    return torch.unique((rows + head_rows)[kept]).numel() * shape.channels
+    levels = PaddedLevels(torch.tensor(shape.levels))
+    rows, _, _, weights, _ = top_left(levels, locations, torch.ones(locations.shape[:-1]), torch.int64)
+    corners = (rows.unsqueeze(-1) + levels.corner_steps(rows.device))[weights > 0]
+    value_shape = (shape.batch, shape.length, shape.heads, shape.channels)
+    read = value_rows(levels, value_shape, rows.device)[corners]
+    return torch.unique(read[read < math.prod(value_shape[:-1])]).numel() * shape.channels
 
 
 def bytes_moved(shape: Shape | MSDAShape, mode: str, dtype: torch.dtype) -> int:
