@@ -30,8 +30,8 @@ CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuob
 # (group_channels, kernel, remove_center): InternImage's widths, a wide odd one and a 5x5 kernel.
 CONFIGS = [(16, 3, False), (32, 3, False), (64, 3, False), (71, 3, True), (8, 5, True)]
 DTYPES = ["fp32", "fp16", "bf16"]
-# MSDA: Deformable DETR's 8 heads, 4 levels and 4 points, at the head widths its models use.
-MSDA_CHANNELS, MSDA_CONSTANTS = (16, 32, 64), dict(HEADS=8, LEVELS=4, POINTS=4)
+# MSDA: Deformable DETR's 8 heads, 4 levels and 4 points, at the head widths its models use and a narrow one.
+MSDA_CHANNELS, MSDA_CONSTANTS = (8, 16, 32, 64), dict(HEADS=8, LEVELS=4, POINTS=4)
 
 
 def compile_kernel(kernel, backward: bool, dtype: str, group_channels: int, kernel_size: int, remove_center: bool):
@@ -66,7 +66,12 @@ def _compile(kernel, dtype: str, constexprs: dict, warps: int):
         else "i32"
         for name in names
     }
-    source = ASTSource(fn=kernel, signature=signature,
+    # The JIT marks a pointer to a 16-byte aligned allocation (every torch tensor's) as divisible by 16, which
+    # lets it vectorise; without the mark this compiles other code than a launch does (Triton 3.6 failed to
+    # compile MSDA's backward at D <= 8 only with it).
+    aligned = {(index,): [["tt.divisibility", 16]] for index, name in enumerate(names)
+               if name.endswith("_ptr") and name not in constexprs}
+    source = ASTSource(fn=kernel, signature=signature, attrs=aligned,
                        constexprs={(names.index(name),): value for name, value in constexprs.items()})
     return triton.compile(source, target=H200, options={"num_warps": warps})
 

@@ -59,7 +59,8 @@ def _sample(location_ptr, weight_ptr, sample, in_range, height_f, width_f):
     w_floor = tl.floor(w)
     h0 = tl.where(inside, h_floor, 0.0).to(tl.int64)
     w0 = tl.where(inside, w_floor, 0.0).to(tl.int64)
-    return weight, inside, h0, w0, h - h_floor, w - w_floor
+    # Fractions of 0 outside, as DCNv3's `_sampling_point` returns them and for the same reason.
+    return weight, inside, h0, w0, tl.where(inside, h - h_floor, 0.0), tl.where(inside, w - w_floor, 0.0)
 
 
 @triton.jit
@@ -116,8 +117,8 @@ def msda_backward_kernel(
                 d_sampled_dw = tl.zeros((BLOCK_ROWS, BLOCK_CHANNELS), dtype=tl.float32)
                 for corner in tl.static_range(4):
                     ok, r, c = _corner(h0 + corner // 2, w0 + corner % 2, inside, height, width)
-                    fy = tl.where(ok, lh if corner // 2 == 1 else 1.0 - lh, 0.0)
-                    fx = tl.where(ok, lw if corner % 2 == 1 else 1.0 - lw, 0.0)
+                    fy = lh if corner // 2 == 1 else 1.0 - lh
+                    fx = lw if corner % 2 == 1 else 1.0 - lw
                     sign_y = 1.0 if corner // 2 == 1 else -1.0
                     sign_x = 1.0 if corner % 2 == 1 else -1.0
                     address = image + (start + r * width + c) * (HEADS * CHANNELS)

@@ -80,7 +80,11 @@ def _sampling_point(
     x_floor = tl.floor(x)
     y0 = tl.where(inside, y_floor, 0.0).to(tl.int64)
     x0 = tl.where(inside, x_floor, 0.0).to(tl.int64)
-    return point, weight, inside, y0, x0, y - y_floor, x - x_floor
+    # Fractions of 0 outside: finite, so that a corner's zero-filled read zeroes its terms in the backward
+    # without a select per corner (Triton 3.6 miscompiles that select at narrow groups in float16 and
+    # bfloat16: 'arith.select' op expected condition type to have the same shape, in
+    # TritonGPURemoveLayoutConversions; Triton 3.9 compiles either).
+    return point, weight, inside, y0, x0, tl.where(inside, y - y_floor, 0.0), tl.where(inside, x - x_floor, 0.0)
 
 
 @triton.jit
@@ -169,8 +173,8 @@ def dcnv3_backward_kernel(
                 col = x0 + corner % 2
                 # Weight (1-ly or ly) * (1-lx or lx) and its derivatives in y and x.
                 ok, row, col = _corner(row, col, inside, height, width)
-                fy = tl.where(ok, ly if corner // 2 == 1 else 1.0 - ly, 0.0)
-                fx = tl.where(ok, lx if corner % 2 == 1 else 1.0 - lx, 0.0)
+                fy = ly if corner // 2 == 1 else 1.0 - ly
+                fx = lx if corner % 2 == 1 else 1.0 - lx
                 sign_y = 1.0 if corner // 2 == 1 else -1.0
                 sign_x = 1.0 if corner % 2 == 1 else -1.0
                 address = image + (row * width + col) * CHANNELS
