@@ -68,7 +68,7 @@ def _compile(kernel, dtype: str, constexprs: dict, warps: int):
     }
     # The JIT marks a pointer to a 16-byte aligned allocation (every torch tensor's) as divisible by 16, which
     # lets it vectorise; without the mark this compiles other code than a launch does (Triton 3.6 failed to
-    # compile MSDA's backward at D <= 8 only with it).
+    # compile both backward kernels at narrow widths only with it).
     aligned = {(index,): [["tt.divisibility", 16]] for index, name in enumerate(names)
                if name.endswith("_ptr") and name not in constexprs}
     source = ASTSource(fn=kernel, signature=signature, attrs=aligned,
