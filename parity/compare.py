@@ -109,6 +109,11 @@ def _run(impl, leaves, grad_output, problem, quantities, call=plain_call):
     if gradients:
         grads = torch.autograd.grad(output, leaves, grad_output)
         result.update(zip(operator.quantities[1:], grads))
+        # On a device the autograd engine refuses such a gradient itself, but not for a tensor subclass
+        # (engine.cpp validate_outputs), which the emulated NPU's tensors are.
+        for quantity, leaf in zip(operator.quantities[1:], leaves):
+            if result[quantity].device != leaf.device:
+                raise Cheat(f"contract: {quantity} came back on {result[quantity].device} for an input on {leaf.device}")
         rough = result.pop(operator.rough)
         if problem.smooth:
             comparable = problem.comparable(leaves).to(rough.device)

@@ -402,10 +402,31 @@ def test_ascend_rt_visible_devices_narrows_the_emulated_host_as_cann_documents()
 
 
 @emulation_only
+def test_the_emulated_host_has_at_most_the_npus_its_device_guard_reports(monkeypatch):
+    monkeypatch.setenv("EMULATED_NPU_DEVICES", "9")
+    with pytest.raises(ValueError, match="EMULATED_NPU_DEVICES=9: the emulation models hosts of at most 8 NPUs"):
+        torch.npu.device_count()
+
+
+class _GradientToDevice0(torch.autograd.Function):
+    """Identity forward; the backward hands its gradient back on npu:0, whatever device it came from."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, gradient):
+        return gradient.to("npu:0")
+
+
+@emulation_only
 def test_on_a_host_of_two_npus_the_side_stream_case_runs_on_the_other_and_catches_device_0_ports(monkeypatch):
     """DCNv4#100's kind of port: right on device 0, wrong on another (a scratch buffer on the current
-    device, or the result handed back there). Forward-only ports: the emulation's autograd engine sees
-    one device (tests/emulated_npu/torch_npu), so no backward runs on npu:1 here."""
+    device, the result or a gradient handed back there). Forward and backward run on npu:1, as the
+    emulation's device guard gives the autograd engine a queue per device (tests/emulated_npu/torch_npu);
+    its backward thread for npu:1 has npu:1 current, as on a real device, so a scratch buffer on the
+    current device is right in a backward."""
     monkeypatch.setenv("EMULATED_NPU_DEVICES", "2")
     base = impls.get("grid_sample").fn
 
@@ -416,19 +437,48 @@ def test_on_a_host_of_two_npus_the_side_stream_case_runs_on_the_other_and_catche
     def result_on_device_0(input, offset, mask, params):
         return base(input, offset, mask, params).to("npu:0")
 
-    ports = [Implementation(name, fn, frozenset({torch.float32}), ("npu",), forward_only=True) for name, fn in
+    def input_gradient_on_device_0(input, offset, mask, params):
+        return base(_GradientToDevice0.apply(input), offset, mask, params)
+
+    ports = [Implementation(name, fn, frozenset({torch.float32}), ("npu",)) for name, fn in
              [("right", base), ("scratch_on_the_current_device", scratch_on_the_current_device),
-              ("result_on_device_0", result_on_device_0)]]
+              ("result_on_device_0", result_on_device_0), ("input_gradient_on_device_0", input_gradient_on_device_0)]]
     rows = runner.run(ports, [torch.float32], list(REGRESSIONS.values()), NPU, Thresholds.load(), progress=False,
                       isolate=False)
     on_side_stream = rows[rows["side_stream"]]
-    assert on_side_stream["problem"].str.endswith("(side stream of npu:1)").all() and len(on_side_stream) == 3
+    assert on_side_stream["problem"].str.endswith("(side stream of npu:1)").all()
+    assert len(on_side_stream) == len(ports) * len(DCNV3.quantities)
     assert rows[~rows["side_stream"]]["pass"].all()
-    assert on_side_stream.set_index("implementation")["pass"].to_dict() == {
-        "right": True, "scratch_on_the_current_device": False, "result_on_device_0": False}
-    errors = on_side_stream.set_index("implementation")["error"]
+    assert on_side_stream.groupby("implementation")["pass"].all().to_dict() == {
+        "right": True, "scratch_on_the_current_device": False, "result_on_device_0": False,
+        "input_gradient_on_device_0": False}
+    errors = on_side_stream.groupby("implementation")["error"].first()
     assert "found at least two devices, npu:0 and npu:1" in errors["scratch_on_the_current_device"]
     assert "an input on npu:1 gave an output on npu:0" in errors["result_on_device_0"]
+    assert "grad_input came back on npu:0 for an input on npu:1" in errors["input_gradient_on_device_0"]
+
+
+@emulation_only
+def test_the_device_guard_gives_each_autograd_thread_its_device(monkeypatch):
+    """The backward of a tensor on npu:1 runs on the engine's thread for npu:1, with npu:1 current there;
+    the main thread's current device stays what it was."""
+    monkeypatch.setenv("EMULATED_NPU_DEVICES", "2")
+    seen = []
+
+    class NoteCurrentDevice(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, tensor):
+            return tensor.view_as(tensor)
+
+        @staticmethod
+        def backward(ctx, gradient):
+            seen.append(torch.npu.current_device())
+            return gradient
+
+    leaf = torch.ones(3, device="npu:1", requires_grad=True)
+    (NoteCurrentDevice.apply(leaf) * 2).sum().backward()
+    assert seen == [1] and torch.npu.current_device() == 0
+    assert leaf.grad.device == torch.device("npu:1") and leaf.grad.cpu().tolist() == [2.0, 2.0, 2.0]
 
 
 @emulation_only

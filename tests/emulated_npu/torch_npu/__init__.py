@@ -23,9 +23,10 @@ Vendor behaviours that change numbers, each as torch_npu documents or implements
   (Ascend C `SetHF32`, transMode 0).
 
 Devices: EMULATED_NPU_DEVICES of them (torch_npu.npu), a tensor's index kept through every operator,
-and tensors of two devices in one operator an error, as on a real host. The autograd engine, though,
-sees one: torch's Python device guard reports a device count of 1 (torch/csrc/acc/Module.cpp), so a
-backward through tensors on npu:1 stops at an internal assert, and only forward work runs there.
+and tensors of two devices in one operator an error, as on a real host. The device guard is C++
+(torch_npu/npu/device_guard.cpp, built on import): the Python one torch's route registers reports
+one device, and the autograd engine, sizing its device queues by it, could run no backward on npu:1.
+The current device is per thread there, so the engine's thread for npu:1 allocates on npu:1.
 
 What it cannot show: the vendor kernels' own arithmetic beyond those two rules, their speed, and
 anything CANN compiles.
@@ -203,6 +204,7 @@ def _fallback(keyset, func, *args, **kwargs):
 
 
 torch.utils.backend_registration._setup_privateuseone_for_python_backend(DEVICE, backend_module=npu)
+npu.device_guard.emulated_npu_register_guard()
 _fallbacks = torch.library.Library("_", "IMPL")
 _fallbacks.fallback(_fallback, dispatch_key="PrivateUse1", with_keyset=True)
 # torch.tensor(data, device=...) copies with the Python key excluded, and torch 2.13's boxed

@@ -7,8 +7,12 @@ properties (910B3: 20 cube cores, 40 vector cores), and the HF32 switch for conv
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import os
+import subprocess
 import weakref
+from pathlib import Path
 from types import SimpleNamespace
 
 from torch_npu.npu import utils  # noqa: F401  (torch_npu.npu.utils.get_cann_version)
@@ -16,11 +20,37 @@ from torch_npu.npu import utils  # noqa: F401  (torch_npu.npu.utils.get_cann_ver
 DEVICE_NAME = "Ascend910B3"
 
 
+def _build_device_guard() -> ctypes.CDLL:
+    """device_guard.cpp (the device guard, and the current device it keeps per thread), built with g++
+    against the running torch's headers and c10, cached by content."""
+    import torch
+
+    root = Path(torch.__file__).parent
+    source = Path(__file__).with_name("device_guard.cpp")
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    key = hashlib.sha256(repr((source.read_text(), torch.__version__, str(root), abi)).encode()).hexdigest()[:16]
+    library = Path.home() / ".cache" / "dcnv3-harness" / "emulated-npu" / f"device_guard-{key}.so"
+    if not library.exists():
+        library.parent.mkdir(parents=True, exist_ok=True)
+        partial = library.with_name(f"{library.name}.{os.getpid()}")  # processes building at once never share one
+        subprocess.run(["g++", "-std=c++17", "-O1", "-fPIC", "-shared", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+                        f"-I{root / 'include'}", str(source), f"-L{root / 'lib'}", "-lc10", "-o", str(partial)],
+                       check=True, capture_output=True)
+        partial.replace(library)
+    return ctypes.CDLL(str(library))
+
+
+device_guard = _build_device_guard()
+
+
 def _visible() -> int:
     """Devices this process sees: the host's EMULATED_NPU_DEVICES (default 1; 0: torch_npu loads but sees
     no device, a host whose driver lists none), narrowed by ASCEND_RT_VISIBLE_DEVICES as CANN documents it
     (envref_07_0028): comma-separated ids in ascending order, read up to the first that is not a valid id."""
     host = int(os.environ.get("EMULATED_NPU_DEVICES", "1"))
+    if host > device_guard.emulated_npu_host_devices():
+        raise ValueError(f"EMULATED_NPU_DEVICES={host}: the emulation models hosts of at most "
+                         f"{device_guard.emulated_npu_host_devices()} NPUs")
     listed = os.environ.get("ASCEND_RT_VISIBLE_DEVICES")
     if listed is None:
         return host
@@ -57,15 +87,12 @@ def device_count() -> int:
     return _visible()
 
 
-_current = [0]
-
-
 def current_device() -> int:
-    return _current[0]
+    return device_guard.emulated_npu_current_device()
 
 
 def set_device(device) -> None:
-    _current[0] = _check(device)
+    device_guard.emulated_npu_set_device(_check(device))
 
 
 def manual_seed_all(seed: int) -> None:
