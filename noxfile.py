@@ -1,5 +1,5 @@
-"""Sessions: tests, npu-emulated, parity, parity-thorough, bench (best device), bench-cpu,
-bench-cuda, bench-npu, build-ascendc and report.
+"""Sessions: ci (tests and npu-emulated at once), tests, npu-emulated, parity, parity-thorough, bench
+(best device), bench-cpu, bench-cuda, bench-npu, build-ascendc and report.
 
 Every session runs in the Python that runs nox (a venv, a conda env or a system
 Python alike), with the torch already there, and on Ascend hosts the torch_npu
@@ -15,9 +15,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shlex
 import site
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import venv
 from pathlib import Path
@@ -29,7 +32,7 @@ if sys.version_info >= (3, 11):
 else:
     import tomli as tomllib
 
-nox.options.sessions = ["tests", "npu-emulated"]
+nox.options.sessions = ["ci"]
 PYTHON = sys.executable
 ROOT = Path(__file__).parent
 EMULATED_NPU = ROOT / "tests" / "emulated_npu"
@@ -92,25 +95,69 @@ def install_triton_unless_present(session: nox.Session) -> None:
         python(session, "-m", "pip", "install", "--quiet", "triton==3.9.0")
 
 
-@nox.session(venv_backend="none")
-def tests(session: nox.Session) -> None:
-    """The CPU parity gates of both operators (DCNv3, MSDA), the model-level gate on the smallest backbone,
-    then the test suite (hypothesis profile `ci`, bounded and derandomized, unless HYPOTHESIS_PROFILE names
-    another).
+# A command of a lane: its argv and what it adds to the environment.
+Command = tuple[list[str], dict[str, str]]
 
-    The Triton kernel takes part through Triton's CPU interpreter."""
-    install_needs(session, deploy=True)
-    install_triton_unless_present(session)
+
+def run_lanes(session: nox.Session, lanes: dict[str, list[Command]]) -> None:
+    """The lanes at once, each lane's commands in order, every line they print shown as it comes after its
+    lane's name; the session fails, naming each command that failed, once every lane has ended (a failing
+    command ends its own lane only).
+
+    Why at once: no one step fills both cores of a 2-core CI machine for long (the gate waits on
+    torch.compile's C++ builds, the NPU emulation runs one process at a time, pytest-xdist's two workers
+    idle at the tail); one after another, `nox -s ci` took 12 minutes here, more than at once."""
+    width = max(map(len, lanes))
+    printing = threading.Lock()
+    failed: list[str] = []
+
+    def say(lane: str, line: str) -> None:
+        with printing:
+            sys.stdout.write(f"{lane:>{width}} | {line.rstrip()}\n")
+            sys.stdout.flush()
+
+    def run(lane: str, commands: list[Command]) -> None:
+        for argv, env in commands:
+            say(lane, f"$ {shlex.join(argv)}")
+            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                                       env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
+            for line in process.stdout:
+                say(lane, line)
+            if process.wait() != 0:
+                failed.append(f"{lane}: `{shlex.join(argv)}` exited with {process.returncode}")
+                return
+
+    threads = [threading.Thread(target=run, args=item) for item in lanes.items()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failed:
+        session.error("; ".join(failed))
+
+
+def tests_lanes(pytest_options=()) -> dict[str, list[Command]]:
+    """The CPU parity gates of both operators (DCNv3, MSDA), the model-level gate on the smallest backbone,
+    and beside them the test suite (hypothesis profile `ci`, bounded and derandomized, unless
+    HYPOTHESIS_PROFILE names another). The Triton kernel takes part through Triton's CPU interpreter."""
     interpreter = {"TRITON_INTERPRET": "1"}
+    profile = {"HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci")}
     # The gate as CI runs it: every regression problem and GATE_EXAMPLES drawn ones (the
     # property tests draw their own); `nox -s parity` runs the default 200. In one process: on 2 cores
     # two pytest-xdist workers took 337 s against its 247 s (torch.compile's cold compiles dominate
     # both), and tests/test_spread.py proves the spread gives the single-process rows.
-    python(session, "-m", "parity", "--device", "cpu", "--examples", GATE_EXAMPLES, env=interpreter)
-    python(session, "-m", "parity", "--op", "msda", "--device", "cpu", "--examples", GATE_EXAMPLES, env=interpreter)
-    python(session, "-m", "parity", "--device", "cpu", *MODEL_GATE, env=interpreter)
-    profile = {"HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci")}
-    python(session, "-m", "pytest", "-n", "2", *session.posargs, env={**interpreter, **profile})
+    gates = [([PYTHON, "-m", "parity", "--device", "cpu", "--examples", GATE_EXAMPLES], interpreter),
+             ([PYTHON, "-m", "parity", "--op", "msda", "--device", "cpu", "--examples", GATE_EXAMPLES], interpreter),
+             ([PYTHON, "-m", "parity", "--device", "cpu", *MODEL_GATE], interpreter)]
+    return {"gates": gates, "pytest": [([PYTHON, "-m", "pytest", "-n", "2", *pytest_options], {**interpreter, **profile})]}
+
+
+@nox.session(venv_backend="none")
+def tests(session: nox.Session) -> None:
+    """The CPU gates and the test suite (tests_lanes); options after `--` go to pytest."""
+    install_needs(session, deploy=True)
+    install_triton_unless_present(session)
+    run_lanes(session, tests_lanes(session.posargs))
 
 
 def _venv_seeing(packages_of: str, where: Path) -> Path:
@@ -122,51 +169,75 @@ def _venv_seeing(packages_of: str, where: Path) -> Path:
     return where / "bin" / "python"
 
 
-@nox.session(name="npu-emulated", venv_backend="none")
-def npu_emulated(session: nox.Session) -> None:
+class EmulatedNpu:
     """Every NPU line of the harness, run on the emulated NPU (tests/emulated_npu): the NPU tests, the
     gate (the Ascend C kernel's .asc among its implementations, built against the emulated Ascend C API
-    in tests/emulated_ascendc), MSDA's gate with DrivingSDK's kernel, preflight, the benchmark and its
-    report (with the Ascend C kernel's emulated counts), then `nox -s bench-npu` itself from a fresh
-    venv, with and without the emulation; then line coverage of the NPU branches, which must be complete."""
-    install_needs(session, "coverage>=7.10")
+    in tests/emulated_ascendc) and MSDA's gate with DrivingSDK's kernel, both on an emulated host of two
+    NPUs so that their side-stream case runs on npu:1, preflight, the benchmark and its report (with the
+    Ascend C kernel's emulated counts), then `nox -s bench-npu` itself from a fresh venv, with and
+    without the emulation; then line coverage of the NPU branches, which must be complete."""
+
+    NEEDS = "coverage>=7.10"
+
+    def __init__(self, session: nox.Session):
+        self.work = Path(tempfile.mkdtemp(prefix="npu-emulated-"))
+        paths = os.pathsep.join([str(EMULATED_NPU), str(ROOT / "tests")])
+        library = python(session, "-m", "emulated_ascendc", "build-library", env={"PYTHONPATH": str(ROOT / "tests")},
+                         silent=True).strip().splitlines()[-1]
+        self.env = {"PYTHONPATH": paths, "TRITON_INTERPRET": "1", "COVERAGE_RCFILE": str(ROOT / "pyproject.toml"),
+                    "DCNV3_ASCENDC_LIBRARY": library}
+        python(session, "-m", "coverage", "erase", env=self.env)
+
+    def lanes(self) -> dict[str, list[Command]]:
+        measured = [PYTHON, "-m", "coverage", "run", "-m"]
+        work, env, two_npus = self.work, self.env, {**self.env, "EMULATED_NPU_DEVICES": "2"}
+        runs = [([*measured, "bench.preflight", "--device", "npu"], env),
+                ([*measured, "parity", "--device", "npu", *EMULATED_GATE, "--out", str(work / "parity")], two_npus),
+                ([*measured, "parity", "--device", "npu", *EMULATED_MSDA_GATE, "--out", str(work / "parity-msda")],
+                 two_npus),
+                ([*measured, "bench", "--device", "npu", *EMULATED_BENCH, "--out", str(work / "bench")], env),
+                ([PYTHON, "-m", "emulated_ascendc", "counts", "--out", str(work / "bench")], env),
+                ([*measured, "reports", str(work / "bench")], env),
+                ([*measured, "parity", "--device", "npu", *EMULATED_MODEL_GATE], env),
+                ([*measured, "bench", "--device", "npu", *EMULATED_MODEL_BENCH, "--out", str(work / "model")], env),
+                ([*measured, "reports", str(work / "model")], env)]
+        suite = [([*measured, "pytest", "-p", "no:cacheprovider", "tests/test_npu_emulated.py", "tests/test_preflight.py",
+                   "--device", "npu"], env)]
+        return {"npu-runs": runs, "npu-pytest": suite}
+
+    def finish(self, session: nox.Session) -> None:
+        user_venv = _venv_seeing(site.getsitepackages()[0], self.work / "venv")
+        nox_in_venv = [str(user_venv), "-m", "nox", "-f", str(ROOT / "noxfile.py"), "-s", "bench-npu"]
+        session.run(*nox_in_venv, "--", *EMULATED_VENV_BENCH, env=self.env, external=True)
+        absent = session.run(*nox_in_venv, env={"PYTHONPATH": ""}, external=True, success_codes=[1], silent=True)
+        sentence = [line for line in absent.splitlines() if line.startswith("bench-npu: ")]
+        if len(sentence) != 1 or "no NPU" not in sentence[0]:
+            session.error(f"bench-npu without an NPU should stop with one sentence; it printed:\n{absent}")
+        session.log(sentence[0])
+        python(session, "-m", "coverage", "combine", env=self.env)
+        python(session, "-m", "coverage", "json", "-o", str(self.work / "coverage.json"), env=self.env)
+        python(session, "tests/npu_lines.py", str(self.work / "coverage.json"), env=self.env)
+
+
+@nox.session(name="npu-emulated", venv_backend="none")
+def npu_emulated(session: nox.Session) -> None:
+    """The harness's NPU code on the emulated NPU (EmulatedNpu)."""
+    install_needs(session, EmulatedNpu.NEEDS)
     install_triton_unless_present(session)
-    work = Path(tempfile.mkdtemp(prefix="npu-emulated-"))
-    paths = os.pathsep.join([str(EMULATED_NPU), str(ROOT / "tests")])
-    library = python(session, "-m", "emulated_ascendc", "build-library", env={"PYTHONPATH": str(ROOT / "tests")},
-                     silent=True).strip().splitlines()[-1]
-    emulated = {"PYTHONPATH": paths, "TRITON_INTERPRET": "1", "COVERAGE_RCFILE": str(ROOT / "pyproject.toml"),
-                "DCNV3_ASCENDC_LIBRARY": library}
-    measured = [PYTHON, "-m", "coverage", "run", "-m"]
-    python(session, "-m", "coverage", "erase", env=emulated)
-    session.run(*measured, "pytest", "-p", "no:cacheprovider", "tests/test_npu_emulated.py",
-                "tests/test_preflight.py", "--device", "npu", env=emulated, external=True)
-    session.run(*measured, "bench.preflight", "--device", "npu", env=emulated, external=True)
-    session.run(*measured, "parity", "--device", "npu", *EMULATED_GATE, "--out", str(work / "parity"),
-                env=emulated, external=True)
-    session.run(*measured, "parity", "--device", "npu", *EMULATED_MSDA_GATE, "--out", str(work / "parity-msda"),
-                env=emulated, external=True)
-    session.run(*measured, "bench", "--device", "npu", *EMULATED_BENCH, "--out", str(work / "bench"),
-                env=emulated, external=True)
-    python(session, "-m", "emulated_ascendc", "counts", "--out", str(work / "bench"), env=emulated)
-    session.run(*measured, "reports", str(work / "bench"), env=emulated, external=True)
-    session.run(*measured, "parity", "--device", "npu", *EMULATED_MODEL_GATE, env=emulated, external=True)
-    session.run(*measured, "bench", "--device", "npu", *EMULATED_MODEL_BENCH, "--out", str(work / "model"),
-                env=emulated, external=True)
-    session.run(*measured, "reports", str(work / "model"), env=emulated, external=True)
+    emulated = EmulatedNpu(session)
+    run_lanes(session, emulated.lanes())
+    emulated.finish(session)
 
-    user_venv = _venv_seeing(site.getsitepackages()[0], work / "venv")
-    nox_in_venv = [str(user_venv), "-m", "nox", "-f", str(ROOT / "noxfile.py"), "-s", "bench-npu"]
-    session.run(*nox_in_venv, "--", *EMULATED_VENV_BENCH, env=emulated, external=True)
-    absent = session.run(*nox_in_venv, env={"PYTHONPATH": ""}, external=True, success_codes=[1], silent=True)
-    sentence = [line for line in absent.splitlines() if line.startswith("bench-npu: ")]
-    if len(sentence) != 1 or "no NPU" not in sentence[0]:
-        session.error(f"bench-npu without an NPU should stop with one sentence; it printed:\n{absent}")
-    session.log(sentence[0])
 
-    python(session, "-m", "coverage", "combine", env=emulated)
-    python(session, "-m", "coverage", "json", "-o", str(work / "coverage.json"), env=emulated)
-    python(session, "tests/npu_lines.py", str(work / "coverage.json"), env=emulated)
+@nox.session(venv_backend="none")
+def ci(session: nox.Session) -> None:
+    """What CI runs: `tests` and `npu-emulated` at once (run_lanes says why); options after `--` go to the
+    CPU suite's pytest."""
+    install_needs(session, EmulatedNpu.NEEDS, deploy=True)
+    install_triton_unless_present(session)
+    emulated = EmulatedNpu(session)
+    run_lanes(session, {**tests_lanes(session.posargs), **emulated.lanes()})
+    emulated.finish(session)
 
 
 @nox.session(venv_backend="none")
