@@ -119,12 +119,15 @@ def run_lanes(session: nox.Session, lanes: dict[str, list[Command]]) -> None:
     def run(lane: str, commands: list[Command]) -> None:
         for argv, env in commands:
             say(lane, f"$ {shlex.join(argv)}")
+            started = time.monotonic()
             process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                                        env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
             for line in process.stdout:
                 say(lane, line)
-            if process.wait() != 0:
-                failed.append(f"{lane}: `{shlex.join(argv)}` exited with {process.returncode}")
+            status = process.wait()
+            say(lane, f"exit status {status} after {time.monotonic() - started:.0f} s")
+            if status != 0:
+                failed.append(f"{lane}: `{shlex.join(argv)}` exited with {status}")
                 return
 
     threads = [threading.Thread(target=run, args=item) for item in lanes.items()]
