@@ -143,16 +143,21 @@ def tests_lanes(pytest_options=()) -> dict[str, list[Command]]:
     """The CPU parity gates of both operators (DCNv3, MSDA), the model-level gate on the smallest backbone,
     and beside them the test suite (hypothesis profile `ci`, bounded and derandomized, unless
     HYPOTHESIS_PROFILE names another). The Triton kernel takes part through Triton's CPU interpreter."""
-    interpreter = {"TRITON_INTERPRET": "1"}
+    # Inductor compiles in the process that asks: its default pool, a process per core, costs each
+    # compiling process (the gate's child, each pytest worker) seconds of imports, and beside the other
+    # lanes only adds to the contention for the cores.
+    interpreter = {"TRITON_INTERPRET": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1"}
     profile = {"HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci")}
     # The gate as CI runs it: every regression problem and GATE_EXAMPLES drawn ones (the
     # property tests draw their own); `nox -s parity` runs the default 200. In one process: on 2 cores
     # two pytest-xdist workers took 337 s against its 247 s (torch.compile's cold compiles dominate
     # both), and tests/test_spread.py proves the spread gives the single-process rows.
-    gates = [([PYTHON, "-m", "parity", "--device", "cpu", "--examples", GATE_EXAMPLES], interpreter),
-             ([PYTHON, "-m", "parity", "--op", "msda", "--device", "cpu", "--examples", GATE_EXAMPLES], interpreter),
-             ([PYTHON, "-m", "parity", "--device", "cpu", *MODEL_GATE], interpreter)]
-    return {"gates": gates, "pytest": [([PYTHON, "-m", "pytest", "-n", "2", *pytest_options], {**interpreter, **profile})]}
+    # The DCNv3 gate (torch.compile's cold compiles: the longest) in a lane of its own.
+    others = [([PYTHON, "-m", "parity", "--op", "msda", "--device", "cpu", "--examples", GATE_EXAMPLES], interpreter),
+              ([PYTHON, "-m", "parity", "--device", "cpu", *MODEL_GATE], interpreter)]
+    return {"dcnv3-gate": [([PYTHON, "-m", "parity", "--device", "cpu", "--examples", GATE_EXAMPLES], interpreter)],
+            "msda+model-gates": others,
+            "pytest": [([PYTHON, "-m", "pytest", "-n", "2", *pytest_options], {**interpreter, **profile})]}
 
 
 @nox.session(venv_backend="none")
@@ -187,9 +192,13 @@ class EmulatedNpu:
         paths = os.pathsep.join([str(EMULATED_NPU), str(ROOT / "tests")])
         library = python(session, "-m", "emulated_ascendc", "build-library", env={"PYTHONPATH": str(ROOT / "tests")},
                          silent=True).strip().splitlines()[-1]
+        # One thread: the emulated NPU's numbers are the CPU's whatever the threads, and beside the other
+        # lanes a process's second thread only adds to the contention for the cores.
         self.env = {"PYTHONPATH": paths, "TRITON_INTERPRET": "1", "COVERAGE_RCFILE": str(ROOT / "pyproject.toml"),
-                    "DCNV3_ASCENDC_LIBRARY": library}
+                    "DCNV3_ASCENDC_LIBRARY": library, "OMP_NUM_THREADS": "1"}
         python(session, "-m", "coverage", "erase", env=self.env)
+        user_venv = _venv_seeing(site.getsitepackages()[0], self.work / "venv")
+        self.nox_in_venv = [str(user_venv), "-m", "nox", "-f", str(ROOT / "noxfile.py"), "-s", "bench-npu"]
 
     def lanes(self) -> dict[str, list[Command]]:
         measured = [PYTHON, "-m", "coverage", "run", "-m"]
@@ -203,16 +212,14 @@ class EmulatedNpu:
                 ([*measured, "reports", str(work / "bench")], env),
                 ([*measured, "parity", "--device", "npu", *EMULATED_MODEL_GATE], env),
                 ([*measured, "bench", "--device", "npu", *EMULATED_MODEL_BENCH, "--out", str(work / "model")], env),
-                ([*measured, "reports", str(work / "model")], env)]
+                ([*measured, "reports", str(work / "model")], env),
+                ([*self.nox_in_venv, "--", *EMULATED_VENV_BENCH], env)]
         suite = [([*measured, "pytest", "-p", "no:cacheprovider", "tests/test_npu_emulated.py", "tests/test_preflight.py",
                    "--device", "npu"], env)]
         return {"npu-runs": runs, "npu-pytest": suite}
 
     def finish(self, session: nox.Session) -> None:
-        user_venv = _venv_seeing(site.getsitepackages()[0], self.work / "venv")
-        nox_in_venv = [str(user_venv), "-m", "nox", "-f", str(ROOT / "noxfile.py"), "-s", "bench-npu"]
-        session.run(*nox_in_venv, "--", *EMULATED_VENV_BENCH, env=self.env, external=True)
-        absent = session.run(*nox_in_venv, env={"PYTHONPATH": ""}, external=True, success_codes=[1], silent=True)
+        absent = session.run(*self.nox_in_venv, env={"PYTHONPATH": ""}, external=True, success_codes=[1], silent=True)
         sentence = [line for line in absent.splitlines() if line.startswith("bench-npu: ")]
         if len(sentence) != 1 or "no NPU" not in sentence[0]:
             session.error(f"bench-npu without an NPU should stop with one sentence; it printed:\n{absent}")
