@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -38,7 +40,7 @@ def test_gradcheck_in_float64(name):
     assert torch.autograd.gradcheck(lambda *xs: kernel(*xs, params), tensors, eps=1e-6, atol=1e-5)
 
 
-def test_input_gradient_is_bitwise_reproducible():
+def test_input_gradient_is_bitwise_reproducible(several_threads):
     """Backward adds each fixed range of pixels into a buffer of its own, summed in order: no atomics."""
     params, tensors, grad_output = operands("colliding_input_gradient", torch.float32)
     first = torch.autograd.grad(kernel(*tensors, params), tensors[0], grad_output)[0]
@@ -64,6 +66,24 @@ def test_a_failed_build_reports_the_compiler_error(tmp_path, monkeypatch):
     reason = cpu_kernel.build_error.__wrapped__()
     assert reason.startswith("the C++ kernel did not build in") and "error" in reason.lower()
     assert impls.get("grid_sample").available("cpu")
+
+
+def test_an_extension_builds_while_another_ones_build_holds_its_lock(tmp_path, monkeypatch):
+    """Two operators' kernels building at once from cold (pytest-xdist workers, CI's lanes): one's build
+    lock must not make the other wait, then load a library that the build it waited on never made."""
+    monkeypatch.setenv("DCNV3_BUILD_DIR", str(tmp_path / "build"))
+    held = cpu_kernel.extension_directory("building_elsewhere")
+    held.mkdir(parents=True)
+    (held / "lock").touch()  # torch's FileBaton: held while the file exists
+    source = tmp_path / "tiny.cpp"
+    source.write_text('extern "C" int tiny() { return 1; }\n')
+    outcome = []
+    loading = threading.Thread(target=lambda: outcome.append(cpu_kernel.load_extension("tiny", source, False)),
+                               daemon=True)
+    loading.start()
+    loading.join(timeout=120)
+    assert outcome, "still waiting after 120 s, on another extension's build lock"
+    assert outcome[0][1] is None, outcome[0][1]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -49,15 +49,23 @@ def _native_flags() -> list[str]:
     return ["-march=native", "-mprefer-vector-width=512"]
 
 
+def extension_directory(name: str) -> Path:
+    """Where the extension `name` builds: a folder of its own under build_directory(). torch's build lock
+    is a folder's, and a process that finds it held waits, then loads its own extension whether or not
+    the build it waited on was that one: with two extensions in one folder, two processes starting cold
+    at once had one load a library not yet built."""
+    return build_directory() / name
+
+
 _extension = None
 
 
 def load_extension(name: str, source: Path, python_module: bool):
     """(the built or reused extension, None), or (None, the reason it did not build): the C++ source built
-    with this kernel's flags into build_directory(). Shared by every operator's C++ kernel."""
+    with this kernel's flags into extension_directory(name). Shared by every operator's C++ kernel."""
     from torch.utils import cpp_extension
 
-    directory = build_directory()
+    directory = extension_directory(name)
     directory.mkdir(parents=True, exist_ok=True)
     try:
         return cpp_extension.load(
