@@ -199,6 +199,16 @@ def _usable_device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
+@pytest.fixture
+def several_threads():
+    """At least two torch threads while the test runs, for claims about how a kernel splits its work
+    (nox -s ci gives each process one thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def device(request) -> torch.device:
     return _usable_device(request.config.getoption("--device"))

@@ -107,6 +107,11 @@ def run_lanes(session: nox.Session, lanes: dict[str, list[Command]]) -> None:
     Why at once: no one step fills both cores of a 2-core CI machine for long (the gate waits on
     torch.compile's C++ builds, the NPU emulation runs one process at a time, pytest-xdist's two workers
     idle at the tail); one after another, `nox -s ci` took 12 minutes here, more than at once."""
+    # With more lanes than cores, a process's own pools only add to the contention: one torch thread each
+    # (unless OMP_NUM_THREADS says otherwise; the tests that need several threads set them), and inductor
+    # compiling in the process that asks instead of a pool of processes that each import torch first.
+    one_each = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+                "TORCHINDUCTOR_COMPILE_THREADS": os.environ.get("TORCHINDUCTOR_COMPILE_THREADS", "1")}
     width = max(map(len, lanes))
     printing = threading.Lock()
     failed: list[str] = []
@@ -121,7 +126,7 @@ def run_lanes(session: nox.Session, lanes: dict[str, list[Command]]) -> None:
             say(lane, f"$ {shlex.join(argv)}")
             started = time.monotonic()
             process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                                       env={**os.environ, "PYTHONUNBUFFERED": "1", **env})
+                                       env={**os.environ, "PYTHONUNBUFFERED": "1", **one_each, **env})
             for line in process.stdout:
                 say(lane, line)
             status = process.wait()
@@ -143,10 +148,7 @@ def tests_lanes(pytest_options=()) -> dict[str, list[Command]]:
     """The CPU parity gates of both operators (DCNv3, MSDA), the model-level gate on the smallest backbone,
     and beside them the test suite (hypothesis profile `ci`, bounded and derandomized, unless
     HYPOTHESIS_PROFILE names another). The Triton kernel takes part through Triton's CPU interpreter."""
-    # Inductor compiles in the process that asks: its default pool, a process per core, costs each
-    # compiling process (the gate's child, each pytest worker) seconds of imports, and beside the other
-    # lanes only adds to the contention for the cores.
-    interpreter = {"TRITON_INTERPRET": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1"}
+    interpreter = {"TRITON_INTERPRET": "1"}
     profile = {"HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "ci")}
     # The gate as CI runs it: every regression problem and GATE_EXAMPLES drawn ones (the
     # property tests draw their own); `nox -s parity` runs the default 200. In one process: on 2 cores
@@ -192,10 +194,8 @@ class EmulatedNpu:
         paths = os.pathsep.join([str(EMULATED_NPU), str(ROOT / "tests")])
         library = python(session, "-m", "emulated_ascendc", "build-library", env={"PYTHONPATH": str(ROOT / "tests")},
                          silent=True).strip().splitlines()[-1]
-        # One thread: the emulated NPU's numbers are the CPU's whatever the threads, and beside the other
-        # lanes a process's second thread only adds to the contention for the cores.
         self.env = {"PYTHONPATH": paths, "TRITON_INTERPRET": "1", "COVERAGE_RCFILE": str(ROOT / "pyproject.toml"),
-                    "DCNV3_ASCENDC_LIBRARY": library, "OMP_NUM_THREADS": "1"}
+                    "DCNV3_ASCENDC_LIBRARY": library}
         python(session, "-m", "coverage", "erase", env=self.env)
         user_venv = _venv_seeing(site.getsitepackages()[0], self.work / "venv")
         self.nox_in_venv = [str(user_venv), "-m", "nox", "-f", str(ROOT / "noxfile.py"), "-s", "bench-npu"]

@@ -102,7 +102,7 @@ def test_floors_cover_an_exact_baseline_and_the_ceiling_caps_everything():
     assert raised.passed and raised.rule == "ceiling (the baseline raised)"
 
 
-def test_run_to_run_spread_is_exactly_zero_for_cpu_kernel_and_shows_a_nondeterministic_port():
+def test_run_to_run_spread_is_exactly_zero_for_cpu_kernel_and_shows_a_nondeterministic_port(several_threads):
     case = [REGRESSIONS[DCNV3.spread_case]]
     exact = runner.run([impls.get("cpu_kernel")], list(cli.DTYPES.values()), case, torch.device("cpu"),
                      Thresholds.load(), progress=False, isolate=False)
