@@ -121,6 +121,12 @@ def pytest_generate_tests(metafunc):
         )
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked `compiling` last: beside the gate (`nox -s ci` runs both at once) they then find the
+    gate's graphs in inductor's cache instead of compiling each shape again."""
+    items.sort(key=lambda item: item.get_closest_marker("compiling") is not None)
+
+
 _TIMING_REQUEST = pytest.StashKey[timing.TimingRequest]()
 
 

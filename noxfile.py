@@ -99,10 +99,11 @@ def install_triton_unless_present(session: nox.Session) -> None:
 Command = tuple[list[str], dict[str, str]]
 
 
-def run_lanes(session: nox.Session, lanes: dict[str, list[Command]]) -> None:
+def run_lanes(session: nox.Session, lanes: dict[str, list[Command]], first: str | None = None) -> None:
     """The lanes at once, each lane's commands in order, every line they print shown as it comes after its
     lane's name; the session fails, naming each command that failed, once every lane has ended (a failing
-    command ends its own lane only).
+    command ends its own lane only). The lanes other than `first` run at a lower priority (nice 5): `first`
+    is one process's long chain of work, which an equal share of the cores would make the last to end.
 
     Why at once: no one step fills both cores of a 2-core CI machine for long (the gate waits on
     torch.compile's C++ builds, the NPU emulation runs one process at a time, pytest-xdist's two workers
@@ -125,7 +126,7 @@ def run_lanes(session: nox.Session, lanes: dict[str, list[Command]]) -> None:
         for argv, env in commands:
             say(lane, f"$ {shlex.join(argv)}")
             started = time.monotonic()
-            process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+            process = subprocess.Popen(argv if lane == first else ["nice", "-n", "5", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                                        env={**os.environ, "PYTHONUNBUFFERED": "1", **one_each, **env})
             for line in process.stdout:
                 say(lane, line)
@@ -167,7 +168,7 @@ def tests(session: nox.Session) -> None:
     """The CPU gates and the test suite (tests_lanes); options after `--` go to pytest."""
     install_needs(session, deploy=True)
     install_triton_unless_present(session)
-    run_lanes(session, tests_lanes(session.posargs))
+    run_lanes(session, tests_lanes(session.posargs), first="dcnv3-gate")
 
 
 def _venv_seeing(packages_of: str, where: Path) -> Path:
@@ -246,7 +247,7 @@ def ci(session: nox.Session) -> None:
     install_needs(session, EmulatedNpu.NEEDS, deploy=True)
     install_triton_unless_present(session)
     emulated = EmulatedNpu(session)
-    run_lanes(session, {**tests_lanes(session.posargs), **emulated.lanes()})
+    run_lanes(session, {**tests_lanes(session.posargs), **emulated.lanes()}, first="dcnv3-gate")
     emulated.finish(session)
 
 
