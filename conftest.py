@@ -15,7 +15,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-import impls
 from bench import instruments, timing
 from bench.cases import outside_envelope
 from bench.shapes import is_model_suite
