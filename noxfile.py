@@ -107,7 +107,7 @@ def run_lanes(session: nox.Session, lanes: dict[str, list[Command]], first: str 
 
     Why at once: no one step fills both cores of a 2-core CI machine for long (the gate waits on
     torch.compile's C++ builds, the NPU emulation runs one process at a time, pytest-xdist's two workers
-    idle at the tail); one after another, `nox -s ci` took 12 minutes here, more than at once."""
+    idle at the tail): README's "The emulated NPU (CI)" has the times, one after another and at once."""
     # With more lanes than cores, a process's own pools only add to the contention: one torch thread each
     # (unless OMP_NUM_THREADS says otherwise; the tests that need several threads set them), and inductor
     # compiling in the process that asks instead of a pool of processes that each import torch first.
