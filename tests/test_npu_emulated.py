@@ -408,16 +408,17 @@ def test_the_emulated_host_has_at_most_the_npus_its_device_guard_reports(monkeyp
         torch.npu.device_count()
 
 
-class _GradientToDevice0(torch.autograd.Function):
-    """Identity forward; the backward hands its gradient back on npu:0, whatever device it came from."""
+class _IdentityThen(torch.autograd.Function):
+    """Identity forward; the backward hands back what `then` makes of the gradient."""
 
     @staticmethod
-    def forward(ctx, tensor):
+    def forward(ctx, tensor, then):
+        ctx.then = then
         return tensor.view_as(tensor)
 
     @staticmethod
     def backward(ctx, gradient):
-        return gradient.to("npu:0")
+        return ctx.then(gradient), None
 
 
 @emulation_only
@@ -438,7 +439,7 @@ def test_on_a_host_of_two_npus_the_side_stream_case_runs_on_the_other_and_catche
         return base(input, offset, mask, params).to("npu:0")
 
     def input_gradient_on_device_0(input, offset, mask, params):
-        return base(_GradientToDevice0.apply(input), offset, mask, params)
+        return base(_IdentityThen.apply(input, lambda gradient: gradient.to("npu:0")), offset, mask, params)
 
     ports = [Implementation(name, fn, frozenset({torch.float32}), ("npu",)) for name, fn in
              [("right", base), ("scratch_on_the_current_device", scratch_on_the_current_device),
@@ -465,18 +466,12 @@ def test_the_device_guard_gives_each_autograd_thread_its_device(monkeypatch):
     monkeypatch.setenv("EMULATED_NPU_DEVICES", "2")
     seen = []
 
-    class NoteCurrentDevice(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, tensor):
-            return tensor.view_as(tensor)
-
-        @staticmethod
-        def backward(ctx, gradient):
-            seen.append(torch.npu.current_device())
-            return gradient
+    def note_the_current_device(gradient):
+        seen.append(torch.npu.current_device())
+        return gradient
 
     leaf = torch.ones(3, device="npu:1", requires_grad=True)
-    (NoteCurrentDevice.apply(leaf) * 2).sum().backward()
+    (_IdentityThen.apply(leaf, note_the_current_device) * 2).sum().backward()
     assert seen == [1] and torch.npu.current_device() == 0
     assert leaf.grad.device == torch.device("npu:1") and leaf.grad.cpu().tolist() == [2.0, 2.0, 2.0]
 
