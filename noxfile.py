@@ -109,10 +109,9 @@ def run_lanes(session: nox.Session, lanes: dict[str, list[Command]], first: str 
     torch.compile's C++ builds, the NPU emulation runs one process at a time, pytest-xdist's two workers
     idle at the tail): README's "The emulated NPU (CI)" has the times, one after another and at once."""
     # With more lanes than cores, a process's own pools only add to the contention: one torch thread each
-    # (unless OMP_NUM_THREADS says otherwise; the tests that need several threads set them), and inductor
+    # (unless the environment says otherwise; the tests that need several threads set them), and inductor
     # compiling in the process that asks instead of a pool of processes that each import torch first.
-    one_each = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-                "TORCHINDUCTOR_COMPILE_THREADS": os.environ.get("TORCHINDUCTOR_COMPILE_THREADS", "1")}
+    one_each = {"OMP_NUM_THREADS": "1", "TORCHINDUCTOR_COMPILE_THREADS": "1"}
     width = max(map(len, lanes))
     printing = threading.Lock()
     failed: list[str] = []
@@ -126,8 +125,9 @@ def run_lanes(session: nox.Session, lanes: dict[str, list[Command]], first: str 
         for argv, env in commands:
             say(lane, f"$ {shlex.join(argv)}")
             started = time.monotonic()
-            process = subprocess.Popen(argv if lane == first else ["nice", "-n", "5", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                                       env={**os.environ, "PYTHONUNBUFFERED": "1", **one_each, **env})
+            niced = argv if lane == first else ["nice", "-n", "5", *argv]
+            process = subprocess.Popen(niced, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                                       env={**one_each, **os.environ, "PYTHONUNBUFFERED": "1", **env})
             for line in process.stdout:
                 say(lane, line)
             status = process.wait()
@@ -145,6 +145,10 @@ def run_lanes(session: nox.Session, lanes: dict[str, list[Command]], first: str 
         session.error("; ".join(failed))
 
 
+# The lane run_lanes puts first: the DCNv3 gate, whose cold torch.compile compiles are the longest chain.
+DCNV3_GATE_LANE = "dcnv3-gate"
+
+
 def tests_lanes(pytest_options=()) -> dict[str, list[Command]]:
     """The CPU parity gates of both operators (DCNv3, MSDA), the model-level gate on the smallest backbone,
     and beside them the test suite (hypothesis profile `ci`, bounded and derandomized, unless
@@ -155,10 +159,9 @@ def tests_lanes(pytest_options=()) -> dict[str, list[Command]]:
     # property tests draw their own); `nox -s parity` runs the default 200. In one process: on 2 cores
     # two pytest-xdist workers took 337 s against its 247 s (torch.compile's cold compiles dominate
     # both), and tests/test_spread.py proves the spread gives the single-process rows.
-    # The DCNv3 gate (torch.compile's cold compiles: the longest) in a lane of its own.
     others = [([PYTHON, "-m", "parity", "--op", "msda", "--device", "cpu", "--examples", GATE_EXAMPLES], interpreter),
               ([PYTHON, "-m", "parity", "--device", "cpu", *MODEL_GATE], interpreter)]
-    return {"dcnv3-gate": [([PYTHON, "-m", "parity", "--device", "cpu", "--examples", GATE_EXAMPLES], interpreter)],
+    return {DCNV3_GATE_LANE: [([PYTHON, "-m", "parity", "--device", "cpu", "--examples", GATE_EXAMPLES], interpreter)],
             "msda+model-gates": others,
             "pytest": [([PYTHON, "-m", "pytest", "-n", "2", *pytest_options], {**interpreter, **profile})]}
 
@@ -168,7 +171,7 @@ def tests(session: nox.Session) -> None:
     """The CPU gates and the test suite (tests_lanes); options after `--` go to pytest."""
     install_needs(session, deploy=True)
     install_triton_unless_present(session)
-    run_lanes(session, tests_lanes(session.posargs), first="dcnv3-gate")
+    run_lanes(session, tests_lanes(session.posargs), first=DCNV3_GATE_LANE)
 
 
 def _venv_seeing(packages_of: str, where: Path) -> Path:
@@ -247,7 +250,7 @@ def ci(session: nox.Session) -> None:
     install_needs(session, EmulatedNpu.NEEDS, deploy=True)
     install_triton_unless_present(session)
     emulated = EmulatedNpu(session)
-    run_lanes(session, {**tests_lanes(session.posargs), **emulated.lanes()}, first="dcnv3-gate")
+    run_lanes(session, {**tests_lanes(session.posargs), **emulated.lanes()}, first=DCNV3_GATE_LANE)
     emulated.finish(session)
 
 
